@@ -1,0 +1,1 @@
+"""Helpers shared by the ml_collections files under `configs/`."""

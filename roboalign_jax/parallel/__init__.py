@@ -1,0 +1,1 @@
+"""Device mesh, logical-axis sharding rules and sharded train-step construction."""
