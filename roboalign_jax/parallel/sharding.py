@@ -5,7 +5,8 @@ a rules table maps those names to mesh axes, and these helpers turn annotated py
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+import contextlib
+from typing import Any, Iterable, Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -78,9 +79,12 @@ def logical_shardings(boxed_tree: Any, mesh: Mesh, rules: LogicalRules) -> Any:
   return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
-def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
-  """Leading (batch) dimension split over every data-parallel axis, the rest replicated."""
-  return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) dimension split over every data-parallel axis, the rest replicated.
+
+  One sharding serves arrays of any rank ≥ 1 (a spec shorter than the rank replicates the rest).
+  """
+  return NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
 
 
 def data_parallel_size(mesh: Mesh) -> int:
@@ -92,11 +96,21 @@ def global_batch(local_batch: Any, mesh: Mesh) -> Any:
 
   Every leaf's leading dimension is this process's share: global size / `jax.process_count()`.
   """
-  def to_global(x):
-    x = np.asarray(x)
-    return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x)
-  return jax.tree.map(to_global, local_batch)
+  sharding = batch_sharding(mesh)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
+
+
+@contextlib.contextmanager
+def activation_context(mesh: Mesh, rules: LogicalRules) -> Iterator[None]:
+  """Makes `nn.with_logical_constraint` inside traced code resolve against `mesh` and `rules`.
+
+  Flax only applies activation constraints when a global mesh is set (`jax.sharding.set_mesh`);
+  the legacy `with mesh:` context is silently ignored by it.
+  """
+  with jax.sharding.set_mesh(mesh), nn.logical_axis_rules(as_rules(rules)):
+    yield

@@ -1,0 +1,1 @@
+"""Trainers per stage and the machinery they share (state, optimiser, checkpoints, metrics)."""
