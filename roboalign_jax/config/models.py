@@ -20,6 +20,18 @@ _QWEN_TOKEN_IDS = dict(
     vision_end_token_id=151653,
 )
 
+# The tiny tokenizer keeps Qwen's special tokens in Qwen's order from id 0
+# (<|endoftext|> 0, <|im_start|> 1, <|im_end|> 2, ..., <|video_pad|> 13): Qwen id - 151643.
+_TINY_TOKEN_IDS = dict(
+    image_token_id=12,
+    video_token_id=13,
+    vision_start_token_id=9,
+    vision_end_token_id=10,
+    bos_token_id=0,
+    eos_token_id=2,
+    pad_token_id=0,
+)
+
 
 def _vision(*, depth: int, hidden_size: int, num_heads: int, intermediate_size: int,
             out_hidden_size: int, fullatt_block_indexes: tuple[int, ...]) -> ml_collections.ConfigDict:
@@ -80,13 +92,16 @@ def qwen2_5_vl(variant: str) -> ml_collections.ConfigDict:
   elif variant == "tiny":
     # Small enough for a 2-core CPU; keeps every structural feature of the real models
     # (GQA, window + full attention blocks, M-RoPE sections, untied head).
+    # Vocabulary: the tiny byte-level BPE of `models/qwen2_5_vl/tiny.py` (1024 ids, the Qwen
+    # special tokens at ids 0..13 in Qwen's order), so CPU demos can afford full logits.
     text = _text(hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-                 num_key_value_heads=2, intermediate_size=128, vocab_size=151936,
+                 num_key_value_heads=2, intermediate_size=128, vocab_size=1024,
                  tie_word_embeddings=False, mrope_section=(2, 3, 3),
                  max_position_embeddings=4096)
     vision = _vision(depth=4, hidden_size=32, num_heads=2, intermediate_size=64,
                      out_hidden_size=64, fullatt_block_indexes=(1, 3))
   else:
     raise ValueError(f"unknown Qwen2.5-VL variant {variant!r}; allowed: {list(QWEN2_5_VL_VARIANTS)}")
+  ids = _TINY_TOKEN_IDS if variant == "tiny" else _QWEN_TOKEN_IDS
   return ml_collections.ConfigDict(dict(
-      family="qwen2_5_vl", variant=variant, text=text, vision=vision, **_QWEN_TOKEN_IDS))
+      family="qwen2_5_vl", variant=variant, text=text, vision=vision, **ids))

@@ -1,0 +1,1 @@
+"""Model definitions: the Qwen2.5-VL backbone (`qwen2_5_vl`)."""

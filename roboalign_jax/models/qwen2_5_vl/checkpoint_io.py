@@ -1,0 +1,246 @@
+"""HF checkpoint I/O for Qwen2.5-VL: safetensors (single file or sharded with an index) <->
+our parameter tree, never via pickle.
+
+Accepted tensor names: the Hub layout (`visual.*`, `model.embed_tokens|layers.N|norm`,
+`lm_head`) and the newer transformers layout (`model.visual.*`, `model.language_model.*`).
+`save_pretrained` writes the Hub layout, which every transformers version since Qwen2.5-VL
+(and other runtimes) loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from roboalign_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
+from roboalign_jax.models.qwen2_5_vl.model import Qwen2_5_VL
+
+_INDEX = "model.safetensors.index.json"
+_SINGLE = "model.safetensors"
+_IGNORED = re.compile(r".*(rotary_emb\.inv_freq|\.original_inv_freq)$")  # buffers some exporters keep
+
+
+# ---- names ------------------------------------------------------------------------------------
+def _hf_to_flax_path(name: str) -> tuple[str, ...] | None:
+  """HF tensor name -> our param path (None if it is not a parameter we own)."""
+  if _IGNORED.match(name):
+    return None
+  if name.startswith("model.visual."):
+    root, rest = "visual", name[len("model.visual."):]
+  elif name.startswith("visual."):
+    root, rest = "visual", name[len("visual."):]
+  elif name.startswith("model.language_model."):
+    root, rest = "language_model", name[len("model.language_model."):]
+  elif name.startswith("model."):
+    root, rest = "language_model", name[len("model."):]
+  elif name == "lm_head.weight":
+    return ("lm_head", "kernel")
+  else:
+    return None
+  parts = rest.split(".")
+  leaf = parts.pop()
+  out = [root]
+  i = 0
+  while i < len(parts):
+    p = parts[i]
+    if p in ("blocks", "layers") and i + 1 < len(parts) and parts[i + 1].isdigit():
+      out.append(f"{p}_{parts[i + 1]}")
+      i += 2
+    elif p == "mlp" and root == "visual" and i + 1 < len(parts) and parts[i + 1].isdigit():
+      out.append(f"mlp_{parts[i + 1]}")  # merger.mlp.0 / merger.mlp.2
+      i += 2
+    else:
+      out.append(p)
+      i += 1
+  if leaf == "weight":
+    if out[-1] == "embed_tokens":
+      leaf = "embedding"
+    elif out[-1] in ("norm", "norm1", "norm2", "ln_q", "input_layernorm", "post_attention_layernorm"):
+      leaf = "weight"
+    else:
+      leaf = "kernel"
+  out.append(leaf)
+  return tuple(out)
+
+
+def _flax_to_hf_name(path: tuple[str, ...]) -> str:
+  """Our param path -> Hub-layout HF tensor name."""
+  root, *rest = path
+  if root == "lm_head":
+    return "lm_head.weight"
+  parts = []
+  for p in rest:
+    m = re.fullmatch(r"(blocks|layers|mlp)_(\d+)", p)
+    parts.extend([m.group(1), m.group(2)] if m else [p])
+  if parts[-1] in ("kernel", "embedding"):
+    parts[-1] = "weight"
+  prefix = "visual." if root == "visual" else "model."
+  return prefix + ".".join(parts)
+
+
+def _to_flax_value(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
+  if path[-1] == "kernel":
+    return value.reshape(value.shape[0], -1).T  # Linear [out, in] / Conv3d [out, C, T, P, P] -> [in, out]
+  return value
+
+
+def _to_hf_value(path: tuple[str, ...], value: np.ndarray, config: Qwen2_5_VLConfig) -> np.ndarray:
+  if path[-1] != "kernel":
+    return value
+  out = value.T
+  if path[:2] == ("visual", "patch_embed"):
+    v = config.vision
+    out = out.reshape(out.shape[0], v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
+  return out
+
+
+# ---- reading ----------------------------------------------------------------------------------
+def _weight_files(hf_dir: str) -> list[str]:
+  if not os.path.isdir(hf_dir):
+    raise FileNotFoundError(f"checkpoint directory {hf_dir!r} not found")
+  index = os.path.join(hf_dir, _INDEX)
+  if os.path.isfile(index):
+    with open(index) as f:
+      weight_map = json.load(f).get("weight_map")
+    if not weight_map:
+      raise ValueError(f"{index}: no 'weight_map'; expected a safetensors index")
+    files = sorted(set(weight_map.values()))
+    missing = [f for f in files if not os.path.isfile(os.path.join(hf_dir, f))]
+    if missing:
+      raise FileNotFoundError(f"{index} lists shards that are missing from {hf_dir!r}: {missing}")
+    return [os.path.join(hf_dir, f) for f in files]
+  single = os.path.join(hf_dir, _SINGLE)
+  if os.path.isfile(single):
+    return [single]
+  others = sorted(f for f in os.listdir(hf_dir) if f.endswith(".safetensors"))
+  if others:
+    return [os.path.join(hf_dir, f) for f in others]
+  pickled = [f for f in os.listdir(hf_dir) if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+  hint = f" (found {pickled}: pickle-based weights are never loaded; convert them to safetensors)" if pickled else ""
+  raise FileNotFoundError(f"no weights in {hf_dir!r}: expected {_SINGLE} or {_INDEX} with its shards{hint}")
+
+
+def read_hf_tensors(hf_dir: str) -> dict[str, np.ndarray]:
+  """Every tensor of the checkpoint, by HF name, as NumPy (bf16 via ml_dtypes)."""
+  tensors = {}
+  for path in _weight_files(hf_dir):
+    with safe_open(path, framework="numpy") as f:
+      for name in f.keys():
+        tensors[name] = f.get_tensor(name)
+  return tensors
+
+
+def abstract_params(model: Qwen2_5_VL) -> Any:
+  """Parameter shapes (boxed with logical axis names) without allocating them."""
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), *dummy_inputs(model.config)))["params"]
+
+
+def dummy_inputs(config: Qwen2_5_VLConfig):
+  """A one-image batch that touches every parameter: (input_ids, mask, pixel_values, grid)."""
+  m = config.vision.spatial_merge_size
+  ids = jnp.array([[config.vision_start_token_id, config.image_token_id, config.vision_end_token_id]], jnp.int32)
+  pixels = jnp.zeros((m * m, config.vision.patch_dim), jnp.float32)
+  grid = jnp.array([[1, m, m]], jnp.int32)
+  return ids, jnp.ones_like(ids), pixels, grid
+
+
+def params_from_hf_tensors(tensors: dict[str, np.ndarray], model: Qwen2_5_VL, dtype=jnp.float32,
+                           source: str = "checkpoint") -> dict:
+  """Maps HF tensors onto our tree, checking that every parameter is present with its shape."""
+  import flax.linen as nn
+  expected = traverse_util.flatten_dict(nn.unbox(abstract_params(model)))
+  tied = model.config.text.tie_word_embeddings
+  flat, unexpected = {}, []
+  for name, value in tensors.items():
+    path = _hf_to_flax_path(name)
+    if path is None:
+      if not _IGNORED.match(name):
+        unexpected.append(name)
+      continue
+    if path == ("lm_head", "kernel") and tied:
+      continue  # tied: the head is the embedding
+    if path not in expected:
+      unexpected.append(name)
+      continue
+    value = _to_flax_value(path, np.asarray(value))
+    if value.shape != expected[path].shape:
+      raise ValueError(f"{source}: tensor {name!r} has shape {tuple(value.shape)} (as ours: "
+                       f"{tuple(value.shape)}) but the config expects {tuple(expected[path].shape)}")
+    if path in flat:
+      raise ValueError(f"{source}: tensor {name!r} given twice (Hub and transformers layouts mixed)")
+    flat[path] = jnp.asarray(value, dtype=dtype)
+  missing = [_flax_to_hf_name(p) for p in expected if p not in flat]
+  if missing:
+    raise ValueError(f"{source}: missing {len(missing)} tensors, e.g. {missing[:5]}")
+  if unexpected:
+    raise ValueError(f"{source}: {len(unexpected)} tensors not in a Qwen2.5-VL model of this config, "
+                     f"e.g. {unexpected[:5]}")
+  return traverse_util.unflatten_dict(flat)
+
+
+def load_pretrained(hf_dir: str, dtype=jnp.float32, compute_dtype=None, remat: bool = False):
+  """(model, params) from an HF Qwen2.5-VL directory (config.json + safetensors).
+
+  dtype: parameter dtype; compute_dtype: activation dtype (defaults to dtype).
+  """
+  config = Qwen2_5_VLConfig.from_json_file(os.path.join(hf_dir, "config.json"))
+  config = config.replace(dtype=compute_dtype or dtype, remat=remat)
+  model = Qwen2_5_VL(config, param_dtype=dtype)
+  params = params_from_hf_tensors(read_hf_tensors(hf_dir), model, dtype=dtype, source=hf_dir)
+  return model, params
+
+
+# ---- writing ----------------------------------------------------------------------------------
+def hf_tensors_from_params(params: dict, config: Qwen2_5_VLConfig) -> dict[str, np.ndarray]:
+  import flax.linen as nn
+  flat = traverse_util.flatten_dict(nn.unbox(params))
+  out = {}
+  for path, value in flat.items():
+    value = np.asarray(jax.device_get(value))
+    out[_flax_to_hf_name(path)] = np.ascontiguousarray(_to_hf_value(path, value, config))
+  return out
+
+
+def save_pretrained(params: dict, config: Qwen2_5_VLConfig, out_dir: str,
+                    max_shard_bytes: int = 5 * 1024 ** 3) -> None:
+  """Writes config.json + safetensors (sharded with an index above `max_shard_bytes`)."""
+  os.makedirs(out_dir, exist_ok=True)
+  tensors = hf_tensors_from_params(params, config)
+  hf_config = config.to_hf_dict()
+  dtypes = {str(v.dtype) for v in tensors.values()}
+  hf_config["torch_dtype"] = "bfloat16" if dtypes == {"bfloat16"} else "float32"
+  with open(os.path.join(out_dir, "config.json"), "w") as f:
+    json.dump(hf_config, f, indent=2)
+  shards, current, size = [], {}, 0
+  for name in sorted(tensors):
+    nbytes = tensors[name].nbytes
+    if current and size + nbytes > max_shard_bytes:
+      shards.append(current)
+      current, size = {}, 0
+    current[name] = tensors[name]
+    size += nbytes
+  shards.append(current)
+  meta = {"format": "pt"}  # transformers expects this marker
+  if len(shards) == 1:
+    save_file(shards[0], os.path.join(out_dir, _SINGLE), metadata=meta)
+    stale = os.path.join(out_dir, _INDEX)
+    if os.path.exists(stale):
+      os.remove(stale)
+    return
+  weight_map = {}
+  for i, shard in enumerate(shards):
+    fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+    save_file(shard, os.path.join(out_dir, fname), metadata=meta)
+    weight_map.update({name: fname for name in shard})
+  total = sum(v.nbytes for v in tensors.values())
+  with open(os.path.join(out_dir, _INDEX), "w") as f:
+    json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)

@@ -1,0 +1,206 @@
+"""Model configuration for Qwen2.5-VL: frozen dataclasses built from our variant table
+(`roboalign_jax.config.models.qwen2_5_vl`) or from an HF `config.json`, and written back to one.
+
+HF configs come in several layouts; `from_hf_dict` accepts all of them:
+flat (text fields at the top level, as on the Hub) or nested `text_config`; `rope_scaling`
+(older) or `rope_parameters` (transformers >= 5), or a top-level `rope_theta`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax.numpy as jnp
+
+ARCHITECTURE = "Qwen2_5_VLForConditionalGeneration"
+MODEL_TYPE = "qwen2_5_vl"
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+  depth: int = 32
+  hidden_size: int = 1280
+  num_heads: int = 16
+  intermediate_size: int = 3420
+  out_hidden_size: int = 3584
+  in_channels: int = 3
+  patch_size: int = 14
+  temporal_patch_size: int = 2
+  spatial_merge_size: int = 2
+  window_size: int = 112
+  fullatt_block_indexes: tuple[int, ...] = (7, 15, 23, 31)
+  rms_norm_eps: float = 1e-6
+  tokens_per_second: int = 2
+  rope_theta: float = 10000.0
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @property
+  def patch_dim(self) -> int:
+    """Inputs per patch: C * temporal_patch * patch * patch (1176 for the released models)."""
+    return self.in_channels * self.temporal_patch_size * self.patch_size ** 2
+
+  @property
+  def merger_window(self) -> int:
+    """Window side in merged (2x2) units: 112 px / 14 px / 2 = 4."""
+    return self.window_size // self.spatial_merge_size // self.patch_size
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+  hidden_size: int = 3584
+  num_hidden_layers: int = 28
+  num_attention_heads: int = 28
+  num_key_value_heads: int = 4
+  intermediate_size: int = 18944
+  vocab_size: int = 152064
+  tie_word_embeddings: bool = False
+  rope_theta: float = 1_000_000.0
+  mrope_section: tuple[int, int, int] = (16, 24, 24)
+  rms_norm_eps: float = 1e-6
+  max_position_embeddings: int = 128000
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_attention_heads
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen2_5_VLConfig:
+  """Everything the Flax model needs. `dtype` is the compute dtype (params keep their own)."""
+  text: TextConfig = TextConfig()
+  vision: VisionConfig = VisionConfig()
+  image_token_id: int = 151655
+  video_token_id: int = 151656
+  vision_start_token_id: int = 151652
+  vision_end_token_id: int = 151653
+  bos_token_id: int | None = 151643
+  eos_token_id: int | list[int] | None = 151645
+  pad_token_id: int | None = None
+  dtype: Any = jnp.float32
+  remat: bool = False  # rematerialise each decoder / vision block in the backward pass
+
+  def replace(self, **kw) -> "Qwen2_5_VLConfig":
+    return dataclasses.replace(self, **kw)
+
+  def validate(self) -> "Qwen2_5_VLConfig":
+    t, v = self.text, self.vision
+    if t.hidden_size % t.num_attention_heads:
+      raise ValueError(f"text hidden_size {t.hidden_size} not divisible by num_attention_heads {t.num_attention_heads}")
+    if t.num_attention_heads % t.num_key_value_heads:
+      raise ValueError(f"num_attention_heads {t.num_attention_heads} not a multiple of "
+                       f"num_key_value_heads {t.num_key_value_heads}")
+    if sum(t.mrope_section) * 2 != t.head_dim:
+      raise ValueError(f"mrope_section {t.mrope_section} must sum to head_dim/2 = {t.head_dim // 2}")
+    if v.hidden_size % v.num_heads or v.head_dim % 4:
+      raise ValueError(f"vision hidden_size {v.hidden_size} / num_heads {v.num_heads} must give a head dim "
+                       "divisible by 4 (2D rotary)")
+    if v.out_hidden_size != t.hidden_size:
+      raise ValueError(f"vision out_hidden_size {v.out_hidden_size} != text hidden_size {t.hidden_size}")
+    return self
+
+  # ---- construction -------------------------------------------------------------------------
+  @classmethod
+  def from_variant(cls, variant: str, **overrides) -> "Qwen2_5_VLConfig":
+    """From `roboalign_jax.config.models.qwen2_5_vl(variant)` ("tiny", "3b", "7b")."""
+    from roboalign_jax.config import models as model_configs
+    c = model_configs.qwen2_5_vl(variant)
+    text = TextConfig(**{f.name: _tuple(c.text[f.name]) for f in dataclasses.fields(TextConfig)
+                         if f.name in c.text})
+    vision = VisionConfig(**{f.name: _tuple(c.vision[f.name]) for f in dataclasses.fields(VisionConfig)
+                             if f.name in c.vision})
+    ids = {k: c[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id",
+                             "vision_end_token_id", "bos_token_id", "eos_token_id", "pad_token_id")
+           if k in c}
+    return cls(text=text, vision=vision, **ids, **overrides).validate()
+
+  @classmethod
+  def from_hf_dict(cls, d: dict, source: str = "config", **overrides) -> "Qwen2_5_VLConfig":
+    """From the dict of an HF Qwen2.5-VL `config.json`. `source` names it in errors."""
+    archs = d.get("architectures") or []
+    model_type = d.get("model_type")
+    if model_type not in (MODEL_TYPE, None) or (archs and ARCHITECTURE not in archs):
+      raise ValueError(f"{source}: expected a Qwen2.5-VL config (model_type {MODEL_TYPE!r}, architectures "
+                       f"[{ARCHITECTURE!r}]), got model_type={model_type!r}, architectures={archs}")
+    if "vision_config" not in d:
+      raise ValueError(f"{source}: missing 'vision_config'; expected a Qwen2.5-VL config")
+    # Flat (Hub) layout keeps text fields at the top; nested layout has text_config.
+    td = dict(d)
+    td.update(d.get("text_config") or {})
+    vd = d["vision_config"]
+    rope = td.get("rope_parameters") or td.get("rope_scaling") or {}
+    theta = rope.get("rope_theta", td.get("rope_theta", 1_000_000.0))
+    section = rope.get("mrope_section")
+    if section is None:
+      raise ValueError(f"{source}: no mrope_section in rope_parameters / rope_scaling")
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", "mrope"):
+      raise ValueError(f"{source}: rope type {rope_type!r} not supported (expected 'default' or 'mrope')")
+    need = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
+    missing = [k for k in need if k not in td]
+    if missing:
+      raise ValueError(f"{source}: text config lacks {missing}")
+    tie = bool(d.get("tie_word_embeddings", False) or td.get("tie_word_embeddings", False))
+    text = TextConfig(
+        hidden_size=td["hidden_size"], num_hidden_layers=td["num_hidden_layers"],
+        num_attention_heads=td["num_attention_heads"],
+        num_key_value_heads=td.get("num_key_value_heads") or td["num_attention_heads"],
+        intermediate_size=td["intermediate_size"], vocab_size=td["vocab_size"],
+        tie_word_embeddings=tie, rope_theta=float(theta), mrope_section=tuple(int(s) for s in section),
+        rms_norm_eps=float(td.get("rms_norm_eps", 1e-6)),
+        max_position_embeddings=td.get("max_position_embeddings", 128000))
+    vkw = {f.name: _tuple(vd[f.name]) for f in dataclasses.fields(VisionConfig) if f.name in vd}
+    vrope = vd.get("rope_parameters") or {}
+    if "rope_theta" in vrope:
+      vkw["rope_theta"] = float(vrope["rope_theta"])
+    vision = VisionConfig(**vkw)
+    ids = {k: d[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id",
+                             "vision_end_token_id") if k in d}
+    for k in ("bos_token_id", "eos_token_id", "pad_token_id"):
+      if k in td:
+        ids[k] = td[k]
+    return cls(text=text, vision=vision, **ids, **overrides).validate()
+
+  @classmethod
+  def from_json_file(cls, path: str, **overrides) -> "Qwen2_5_VLConfig":
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"config file {path!r} not found; expected an HF config.json")
+    with open(path) as f:
+      try:
+        d = json.load(f)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    return cls.from_hf_dict(d, source=path, **overrides)
+
+  def to_hf_dict(self) -> dict:
+    """A nested transformers-5 style config.json (also readable by transformers 4.5x)."""
+    t, v = self.text, self.vision
+    rope = {"rope_type": "default", "mrope_section": list(t.mrope_section), "rope_theta": t.rope_theta}
+    text = dict(
+        model_type="qwen2_5_vl_text", hidden_size=t.hidden_size, num_hidden_layers=t.num_hidden_layers,
+        num_attention_heads=t.num_attention_heads, num_key_value_heads=t.num_key_value_heads,
+        intermediate_size=t.intermediate_size, vocab_size=t.vocab_size, hidden_act="silu",
+        rms_norm_eps=t.rms_norm_eps, max_position_embeddings=t.max_position_embeddings,
+        rope_parameters=rope, rope_theta=t.rope_theta, tie_word_embeddings=t.tie_word_embeddings,
+        bos_token_id=self.bos_token_id, eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id,
+        use_sliding_window=False, attention_dropout=0.0)
+    vision = dict(
+        model_type="qwen2_5_vl_vision", depth=v.depth, hidden_size=v.hidden_size, num_heads=v.num_heads,
+        intermediate_size=v.intermediate_size, out_hidden_size=v.out_hidden_size, hidden_act="silu",
+        in_channels=v.in_channels, patch_size=v.patch_size, temporal_patch_size=v.temporal_patch_size,
+        spatial_merge_size=v.spatial_merge_size, window_size=v.window_size,
+        fullatt_block_indexes=list(v.fullatt_block_indexes), tokens_per_second=v.tokens_per_second)
+    return dict(
+        architectures=[ARCHITECTURE], model_type=MODEL_TYPE, text_config=text, vision_config=vision,
+        image_token_id=self.image_token_id, video_token_id=self.video_token_id,
+        vision_start_token_id=self.vision_start_token_id, vision_end_token_id=self.vision_end_token_id,
+        tie_word_embeddings=t.tie_word_embeddings, torch_dtype="float32")
+
+
+def _tuple(x):
+  return tuple(x) if isinstance(x, (list, tuple)) else x

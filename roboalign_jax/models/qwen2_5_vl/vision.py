@@ -1,0 +1,114 @@
+"""Qwen2.5-VL vision tower: patch embedding, blocks with window / full attention and 2D rotary,
+and the 2x2 patch merger into the text width.
+
+All images of a batch are one packed sequence of patches (HF's `pixel_values` layout). Instead
+of HF's gather into window order and per-window loop, each patch gets a segment id (its image
+frame, and its 8x8-patch window inside the frame) and attention is masked to equal segments:
+attention is permutation-equivariant and the merger's 2x2 groups are contiguous either way, so
+the result is the same, computed in one jitted pass with no loop over images or windows.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from roboalign_jax.models.qwen2_5_vl import rope
+from roboalign_jax.models.qwen2_5_vl.config import VisionConfig
+from roboalign_jax.models.qwen2_5_vl.layers import Linear, RMSNorm, SwiGLU
+
+
+class PatchEmbed(nn.Module):
+  """HF's Conv3d with kernel = stride = (T, P, P) on one patch is a matmul on the flat patch."""
+  features: int
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, patches: jax.Array) -> jax.Array:
+    """patches: [N, C*T*P*P] -> [N, features]."""
+    return Linear(self.features, ("patch", "embed"), use_bias=False, dtype=self.dtype,
+                  param_dtype=self.param_dtype, name="proj")(patches.astype(self.dtype))
+
+
+class VisionAttention(nn.Module):
+  cfg: VisionConfig
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
+    """x: [N, C]; cos/sin: [N, head_dim]; mask: bool [N, N] (True = may attend) -> [N, C]."""
+    n, c = x.shape
+    heads = self.cfg.num_heads
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    qkv = Linear(3 * c, ("embed", "heads"), name="qkv", **kw)(x)
+    q, k, v = jnp.split(qkv.reshape(n, 3, heads, c // heads), 3, axis=1)
+    q, k, v = q[:, 0], k[:, 0], v[:, 0]  # [N, heads, head_dim]
+    q = rope.apply_rotary(q, cos, sin)
+    k = rope.apply_rotary(k, cos, sin)
+    out = jax.nn.dot_product_attention(q[None], k[None], v[None], mask=mask[None, None])
+    return Linear(c, ("heads", "embed"), name="proj", **kw)(out.reshape(n, c))
+
+
+class VisionBlock(nn.Module):
+  cfg: VisionConfig
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, cos, sin, mask):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = x + VisionAttention(self.cfg, name="attn", **kw)(
+        RMSNorm(1e-6, self.param_dtype, name="norm1")(x), cos, sin, mask)
+    x = x + SwiGLU(self.cfg.intermediate_size, use_bias=True, name="mlp", **kw)(
+        RMSNorm(1e-6, self.param_dtype, name="norm2")(x))
+    return x
+
+
+class PatchMerger(nn.Module):
+  """RMSNorm, then each 2x2 group of consecutive patches -> Linear -> GELU (exact) -> Linear."""
+  cfg: VisionConfig
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x: [N, C] -> [N / merge^2, out_hidden_size]."""
+    unit = self.cfg.spatial_merge_size ** 2
+    width = x.shape[-1] * unit
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = RMSNorm(1e-6, self.param_dtype, name="ln_q")(x).reshape(-1, width)
+    x = Linear(width, ("embed", "mlp"), name="mlp_0", **kw)(x)
+    x = nn.gelu(x, approximate=False)
+    return Linear(self.cfg.out_hidden_size, ("mlp", "embed"), name="mlp_2", **kw)(x)
+
+
+class VisionTower(nn.Module):
+  cfg: VisionConfig
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, pixel_values: jax.Array, grid_thw: jax.Array) -> jax.Array:
+    """pixel_values: [N, C*T*P*P] in HF's order; grid_thw: int [n_images, 3] -> [N / 4, out_hidden].
+
+    N must be a multiple of merge^2 and equal sum(t*h*w) (checked by the caller when concrete).
+    """
+    cfg = self.cfg
+    n = pixel_values.shape[0]
+    x = PatchEmbed(cfg.hidden_size, self.dtype, self.param_dtype, name="patch_embed")(pixel_values)
+    lay = rope.vision_layout(grid_thw, n, cfg.spatial_merge_size, cfg.merger_window)
+    cos, sin = rope.vision_cos_sin(lay["row"], lay["col"], cfg.head_dim, cfg.rope_theta)
+    same_frame = (lay["frame"][:, None] == lay["frame"][None, :]) & (lay["frame"][:, None] >= 0)
+    same_window = same_frame & (lay["window"][:, None] == lay["window"][None, :])
+    # Patches past the last image (none in valid input) attend to themselves to stay finite.
+    eye = jnp.eye(n, dtype=bool)
+    full_mask, window_mask = same_frame | eye, same_window | eye
+    block = nn.remat(VisionBlock) if self.remat else VisionBlock
+    for i in range(cfg.depth):
+      mask = full_mask if i in cfg.fullatt_block_indexes else window_mask
+      x = block(cfg, self.dtype, self.param_dtype, name=f"blocks_{i}")(x, cos, sin, mask)
+    return PatchMerger(cfg, self.dtype, self.param_dtype, name="merger")(x)
