@@ -139,6 +139,13 @@ def read_hf_tensors(hf_dir: str) -> dict[str, np.ndarray]:
   return tensors
 
 
+def stored_dtype(hf_dir: str):
+  """The floating dtype of the checkpoint's tensors (bf16 for the released models)."""
+  with safe_open(_weight_files(hf_dir)[0], framework="numpy") as f:
+    name = next(iter(f.keys()))
+    return jnp.dtype(f.get_tensor(name).dtype)
+
+
 def abstract_params(model: Qwen2_5_VL) -> Any:
   """Parameter shapes (boxed with logical axis names) without allocating them."""
   return jax.eval_shape(lambda: model.init(jax.random.key(0), *dummy_inputs(model.config)))["params"]
@@ -244,3 +251,61 @@ def save_pretrained(params: dict, config: Qwen2_5_VLConfig, out_dir: str,
   total = sum(v.nbytes for v in tensors.values())
   with open(os.path.join(out_dir, _INDEX), "w") as f:
     json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+
+
+# ---- our own format (the converter's output): flat safetensors + our config ------------------
+FLAX_PARAMS = "params.safetensors"
+FLAX_CONFIG = "roboalign_config.json"
+
+
+def save_flax(params: dict, config: Qwen2_5_VLConfig, out_dir: str) -> None:
+  """Writes `params.safetensors` (keys are '/'-joined tree paths, our layout) + our config JSON."""
+  import flax.linen as nn
+  os.makedirs(out_dir, exist_ok=True)
+  flat = traverse_util.flatten_dict(nn.unbox(params), sep="/")
+  save_file({k: np.ascontiguousarray(np.asarray(jax.device_get(v))) for k, v in flat.items()},
+            os.path.join(out_dir, FLAX_PARAMS), metadata={"format": "roboalign_jax.qwen2_5_vl"})
+  with open(os.path.join(out_dir, FLAX_CONFIG), "w") as f:
+    json.dump(config_to_json(config), f, indent=2)
+
+
+def load_flax(in_dir: str, dtype=None):
+  """(model, params) from a directory written by `save_flax`; dtype None keeps the stored one."""
+  path, cfg_path = os.path.join(in_dir, FLAX_PARAMS), os.path.join(in_dir, FLAX_CONFIG)
+  for p in (path, cfg_path):
+    if not os.path.isfile(p):
+      raise FileNotFoundError(f"{p!r} not found; expected a directory written by save_flax "
+                              "(launch/convert_checkpoint.py --hf_dir=... --out=...)")
+  with open(cfg_path) as f:
+    config = config_from_json(json.load(f))
+  with safe_open(path, framework="numpy") as f:
+    flat = {tuple(k.split("/")): f.get_tensor(k) for k in f.keys()}
+  stored = next(iter(flat.values())).dtype
+  dtype = dtype or jnp.dtype(stored)
+  config = config.replace(dtype=dtype)
+  model = Qwen2_5_VL(config, param_dtype=dtype)
+  import flax.linen as nn
+  expected = traverse_util.flatten_dict(nn.unbox(abstract_params(model)))
+  if set(expected) != set(flat):
+    diff = sorted(set(expected) ^ set(flat))[:5]
+    raise ValueError(f"{path}: parameter names differ from the config's model, e.g. {diff}")
+  for k, v in flat.items():
+    if v.shape != expected[k].shape:
+      raise ValueError(f"{path}: {'/'.join(k)} has shape {v.shape}, config expects {expected[k].shape}")
+  return model, traverse_util.unflatten_dict({k: jnp.asarray(v, dtype) for k, v in flat.items()})
+
+
+def config_to_json(config: Qwen2_5_VLConfig) -> dict:
+  import dataclasses
+  d = dataclasses.asdict(config)
+  d["dtype"] = jnp.dtype(config.dtype).name
+  return d
+
+
+def config_from_json(d: dict) -> Qwen2_5_VLConfig:
+  from roboalign_jax.models.qwen2_5_vl.config import TextConfig, VisionConfig
+  d = dict(d)
+  text = TextConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("text").items()})
+  vision = VisionConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("vision").items()})
+  d["dtype"] = jnp.dtype(d.get("dtype", "float32"))
+  return Qwen2_5_VLConfig(text=text, vision=vision, **d).validate()
