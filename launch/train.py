@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from roboalign_jax.config import overrides  # noqa: E402
 from roboalign_jax.parallel import distributed  # noqa: E402
+from roboalign_jax.train import log_filters  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file and variant, e.g. configs/debug.py:tiny.",
                                           lock_config=True)
@@ -30,18 +31,10 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (mu
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _QuietLibraries(logging.Filter):
-  """Drops INFO chatter from Orbax (dozens of lines per checkpoint); warnings still show."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  for handler in logging.getLogger().handlers:
-    handler.addFilter(_QuietLibraries())
+  log_filters.quiet_library_logs()
   # Before anything touches a JAX backend.
   distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   import jax  # pylint: disable=g-import-not-at-top

@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make test` and `make demo`. Both create .venv and install
+# the package on first use; later runs reuse it (reinstalling only when setup.py changes).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-fast demo clean
+
+$(STAMP): setup.py
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -e '.[test,tf]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# Whole suite, slow end-to-end tests included (CPU only; 8 emulated devices for mesh tests).
+# pytest exits 5 when it collected nothing: that is a broken suite, not a pass.
+test: $(STAMP)
+	@$(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; the suite must not be empty" >&2; fi; \
+	  exit $$rc
+
+# Everything except the end-to-end (subprocess, notebook) tests, for quick iteration.
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(VENV)/bin/python launch/demo.py --workdir=runs/demo
+
+clean:
+	rm -rf runs .pytest_cache
