@@ -34,6 +34,7 @@ setup(
         "test": [
             "pytest>=8,<10",
             "pytest-timeout>=2.3,<3",
+            "portpicker>=1.6,<2",  # free ports for the multi-process test
             # The CPU build on the developers' disk; used only for parity tests against HF transformers.
             "torch==2.13.0",
             "nbclient>=0.10,<1",
