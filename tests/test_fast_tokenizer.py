@@ -353,3 +353,31 @@ def test_bad_chunks_and_fit_arguments_are_clear_errors(fitted):
     FASTTokenizer.fit(train, scale=0)
   # A single [H, D] chunk is one chunk, as in the reference.
   assert tokenizer.encode(train[0]) == tokenizer.encode(train[:1])
+
+
+# ---------------------------------------------------------------------- the fit CLI
+
+
+def test_fit_cli_writes_a_loadable_tokenizer_and_reports_compression(tmp_path):
+  import os
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  chunks = action_chunks(np.random.default_rng(4), 400, 16)
+  np.save(tmp_path / "chunks.npy", chunks)
+  run = subprocess.run([sys.executable, os.path.join(repo, "launch", "fit_fast.py"), f"--chunks={tmp_path / 'chunks.npy'}",
+                        f"--out={tmp_path / 'fast'}", "--vocab_size=512"], capture_output=True, text=True, cwd=repo)
+  assert run.returncode == 0, run.stderr
+  stats = {key.strip(): value for key, value in (
+      line.split(":", 1) for line in run.stdout.splitlines() if ":" in line and not line.startswith("wrote"))}
+  tokenizer = FASTTokenizer.load(tmp_path / "fast")
+  ids = tokenizer.encode(chunks)
+  assert float(stats["mean_tokens_per_chunk"]) == pytest.approx(np.mean([len(r) for r in ids]), rel=1e-3)
+  assert float(stats["compression_ratio"]) == pytest.approx(16 * 7 / np.mean([len(r) for r in ids]), rel=1e-3)
+  assert int(stats["vocab_size"]) == tokenizer.bpe.get_vocab_size() <= 512
+
+  np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+  run = subprocess.run([sys.executable, os.path.join(repo, "launch", "fit_fast.py"),
+                        f"--chunks={tmp_path / 'objects.npy'}", f"--out={tmp_path / 'x'}"],
+                       capture_output=True, text=True, cwd=repo)
+  assert run.returncode != 0 and "not a plain numeric .npy array" in run.stderr
