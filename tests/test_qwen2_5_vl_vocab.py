@@ -69,5 +69,5 @@ def test_old_logits_unchanged_and_hf_round_trip(extended, tmp_path):
   from transformers import Qwen2_5_VLForConditionalGeneration
   hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(tmp_path)).eval()
   with torch.no_grad():
-    ref = hf(input_ids=torch.as_tensor(np.asarray(ids), dtype=torch.long)).logits.numpy()
+    ref = hf(input_ids=torch.as_tensor(np.array(ids), dtype=torch.long)).logits.numpy()
   assert np.abs(ref - np.asarray(out.logits)).max() <= 1e-4 * np.abs(ref).max()

@@ -199,6 +199,8 @@ def load_pretrained(hf_dir: str, dtype=jnp.float32, compute_dtype=None, remat: b
 
   dtype: parameter dtype; compute_dtype: activation dtype (defaults to dtype).
   """
+  if not os.path.isdir(hf_dir):
+    raise FileNotFoundError(f"checkpoint directory {hf_dir!r} not found")
   config = Qwen2_5_VLConfig.from_json_file(os.path.join(hf_dir, "config.json"))
   config = config.replace(dtype=compute_dtype or dtype, remat=remat)
   model = Qwen2_5_VL(config, param_dtype=dtype)
