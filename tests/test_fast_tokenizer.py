@@ -292,9 +292,11 @@ def test_random_ids_decode_like_the_tokenizers_library(fitted):
   tokenizer, _, _ = fitted
   rng = np.random.default_rng(3)
   rows = [rng.integers(0, tokenizer.bpe.get_vocab_size(), rng.integers(0, 30)).tolist() for _ in range(400)]
-  size = 4000  # longer than any row decodes to, so nothing is truncated
-  actions, valid = tokenizer.decode(rows, horizon=size, action_dim=1, return_valid=True)
-  coeffs = np.rint(dct.dct_numpy(actions) * tokenizer.scale)[..., 0]
+  # With H = 1 the DCT is the identity, so the actions are the coefficients / scale; a wide D
+  # keeps every row's coefficients (none truncated).
+  size = 4000
+  actions, valid = tokenizer.decode(rows, horizon=1, action_dim=size, return_valid=True)
+  coeffs = np.rint(actions[:, 0, :] * tokenizer.scale)
   lossless = 0
   for row, coeff, ok in zip(rows, coeffs, valid):
     text = tokenizer.bpe.decode(row)
@@ -335,6 +337,7 @@ def test_decode_without_the_chunk_shape_is_an_error(fitted):
   with pytest.raises(ValueError, match="on_malformed"):
     tokenizer.decode(ids, horizon=10, action_dim=7, on_malformed="ignore")
   assert tokenizer.decode([], horizon=10, action_dim=7).shape == (0, 10, 7)
+  assert tokenizer.encode(np.zeros((0, 10, 7))) == []
 
 
 def test_bad_chunks_and_fit_arguments_are_clear_errors(fitted):

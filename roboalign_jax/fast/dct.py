@@ -65,8 +65,10 @@ def _axis_length(shape: tuple[int, ...], axis: int) -> int:
 
 
 def _apply_numpy(matrix: np.ndarray, x: np.ndarray, axis: int) -> np.ndarray:
-  # One [H, H] x [H, everything else] product; batched matmul would loop over tiny products.
-  return np.moveaxis(np.tensordot(matrix, x, axes=([1], [axis])), 0, axis)
+  if x.ndim == 1:
+    return matrix @ x
+  # Stacked matmul reads the batch in place; tensordot would first copy it into [H, rest].
+  return np.moveaxis(np.matmul(matrix, np.moveaxis(x, axis, -2)), -2, axis)
 
 
 def _as_float(x) -> jax.Array:

@@ -5,8 +5,9 @@ Encode (as `physical-intelligence/fast`'s processor does it): orthonormal DCT-II
 − min_token, clip at 0, one character per integer (`chr`), byte-level BPE. Decode inverts it.
 
 Differences from the reference, all deliberate:
-  * whole batches at once: one matrix-product DCT, one `encode_batch` call, and a vectorised
-    decode (token -> bytes table, NumPy UTF-8 decoding, one inverse-DCT product);
+  * whole batches at once: one matrix-product DCT and one `encode_batch` call to encode; a
+    vectorised decode (a token -> bytes table gathered in NumPy, UTF-8 decoded many sequences
+    per codec call, one inverse-DCT product);
   * decode needs `horizon` and `action_dim` every call; nothing is remembered from encode;
   * decode never raises on malformed ids (unless asked to) and can return a validity mask.
 """
@@ -120,7 +121,8 @@ class FASTTokenizer:
     chunks: float [N, H, D] or [H, D] (treated as one chunk).
     """
     chunks = _as_chunks(chunks, "chunks")
-    quantised = _quantise(chunks, self.scale).reshape(len(chunks), -1) - self.min_token
+    num, horizon, action_dim = chunks.shape
+    quantised = _quantise(chunks, self.scale).reshape(num, horizon * action_dim) - self.min_token
     too_big = quantised > _MAX_CHAR
     if too_big.any():
       row = int(np.argwhere(too_big)[0, 0])
@@ -183,7 +185,9 @@ class FASTTokenizer:
                          f"({int((~valid).sum())} of {len(valid)} sequences malformed)")
       if on_malformed == "zeros":
         coeffs[~valid] = 0
-    actions = dct.idct_numpy(coeffs.reshape(-1, horizon, action_dim) / self.scale, axis=-2)
+    # idct(coeffs / scale), with the 1/scale folded into the [H, H] matrix.
+    inverse = dct.dct_matrix(horizon).T / self.scale
+    actions = np.matmul(inverse, coeffs.reshape(-1, horizon, action_dim).astype(np.float64))
     return (actions, valid) if return_valid else actions
 
   def _decode_coefficients(self, flat: np.ndarray, lengths: np.ndarray, problems: dict[int, str],
@@ -204,16 +208,19 @@ class FASTTokenizer:
     for row in bad_utf8:
       problems.setdefault(row, "token bytes are not valid UTF-8")
 
+    min_token = np.int32(self.min_token)
     if (counts == size).all():
-      coeffs = chars.reshape(num_rows, size) + self.min_token
+      coeffs = chars.reshape(num_rows, size) + min_token
     else:
-      # Position of each character within its sequence; characters past H·D are truncated.
-      rank = np.arange(len(chars)) - np.repeat(np.cumsum(counts) - counts, counts)
-      keep = rank < size
-      coeffs = np.zeros((num_rows, size), dtype=np.int64)
-      coeffs[np.repeat(np.arange(num_rows), counts)[keep], rank[keep]] = chars[keep] + self.min_token
-    for row in np.flatnonzero(counts != size).tolist():
-      problems.setdefault(row, f"{counts[row]} coefficients, expected {size}")
+      char_starts = np.cumsum(counts) - counts
+      fits = counts == size
+      coeffs = np.zeros((num_rows, size), dtype=np.int32)
+      coeffs[fits] = chars[char_starts[fits, None] + np.arange(size)] + min_token
+      for row in np.flatnonzero(~fits).tolist():
+        problems.setdefault(row, f"{counts[row]} coefficients, expected {size}")
+        # Truncated past H·D, zero-padded short of it.
+        kept = min(int(counts[row]), size)
+        coeffs[row, :kept] = chars[char_starts[row]:char_starts[row] + kept] + min_token
     valid = np.ones(num_rows, dtype=bool)
     valid[list(problems)] = False
     return coeffs, valid, problems
@@ -333,11 +340,12 @@ class _ByteTable:
     """Concatenated bytes of `ids` (known, grouped by row) -> (uint8 [B], bytes per row int64 [num_rows])."""
     starts = self.offsets[ids]
     lengths = self.offsets[ids + 1] - starts
-    total = int(lengths.sum())
-    # Index of each output byte in `data`: its token's start plus its position within the token.
-    position = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    data = self.data[np.repeat(starts, lengths) + position]
-    return data, np.bincount(row_of_id, weights=lengths, minlength=num_rows).astype(np.int64)
+    out_starts = np.cumsum(lengths) - lengths
+    total = int(out_starts[-1] + lengths[-1]) if len(ids) else 0
+    # Output byte j of token i comes from data[starts[i] + (j - out_starts[i])].
+    index = np.arange(total, dtype=np.int64)
+    index += np.repeat(starts - out_starts, lengths)
+    return self.data[index], np.bincount(row_of_id, weights=lengths, minlength=num_rows).astype(np.int64)
 
 
 def _byte_level_alphabet() -> dict[str, int]:
@@ -362,7 +370,7 @@ def _utf8_decode_rows(data: np.ndarray, row_lengths: np.ndarray) -> tuple[np.nda
   """Decodes each row's bytes as UTF-8, like the ByteLevel decoder (`from_utf8_lossy`).
 
   data: uint8 [B], rows back to back; row_lengths: int64 [R].
-  Returns code points int64 [C] (rows back to back), characters per row int64 [R], and the
+  Returns code points int32 [C] (rows back to back), characters per row int64 [R], and the
   rows that are not valid UTF-8 (their invalid bytes are dropped rather than replaced).
 
   Valid rows are decoded many at a time by Python's C codec. That is only sound for rows that
@@ -373,17 +381,18 @@ def _utf8_decode_rows(data: np.ndarray, row_lengths: np.ndarray) -> tuple[np.nda
   ends = np.cumsum(row_lengths)
   starts = ends - row_lengths
   is_lead = (data & 0xC0) != 0x80
-  lead_count = np.concatenate([[0], np.cumsum(is_lead)])
-  counts = lead_count[ends] - lead_count[starts]  # characters, for a valid row
-  # Rows that can join a bulk decode: empty, or starting with a lead byte and ending with a
-  # complete character (the last lead byte's sequence length reaches exactly to the row end).
+  counts = np.zeros(num_rows, dtype=np.int64)  # characters, for a valid row: its lead bytes
+  rows = np.flatnonzero(row_lengths)
   self_contained = row_lengths == 0
-  rows = np.flatnonzero(~self_contained)
   if rows.size:
-    lead_positions = np.flatnonzero(is_lead)
-    last_index = np.searchsorted(lead_positions, ends[rows]) - 1
-    last = lead_positions[np.maximum(last_index, 0)] if lead_positions.size else np.zeros_like(rows)
-    self_contained[rows] = ((last_index >= 0) & is_lead[starts[rows]] & (last >= starts[rows]) &
+    counts[rows] = np.add.reduceat(is_lead, starts[rows], dtype=np.int64)
+    # The last lead byte among a row's last 4 bytes must start a sequence reaching the row end.
+    last = ends[rows] - 1
+    for back in (1, 2, 3):
+      candidate = ends[rows] - 1 - back
+      move = ~is_lead[last] & (candidate >= starts[rows])
+      last = np.where(move, candidate, last)
+    self_contained[rows] = (is_lead[starts[rows]] & is_lead[last] &
                             (_UTF8_LENGTH[data[last]] == ends[rows] - last))
   bad = np.flatnonzero(~self_contained).tolist()
   buffer = memoryview(np.ascontiguousarray(data))
@@ -401,7 +410,7 @@ def _utf8_decode_rows(data: np.ndarray, row_lengths: np.ndarray) -> tuple[np.nda
       row = next_bad
     except UnicodeDecodeError as error:
       bisect.insort(bad, int(np.searchsorted(ends, starts[row] + error.start, side="right")))
-  return (np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)), counts, bad
+  return (np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)), counts, bad
 
 
 # ---------------------------------------------------------------------- helpers
@@ -462,7 +471,8 @@ def _to_strings(values: np.ndarray) -> list[str]:
 
 
 def _text_to_ints(text: str) -> np.ndarray:
-  return np.frombuffer(text.encode("utf-32-le"), dtype="<u4").astype(np.int64)
+  """Code points of `text`, int32 [len(text)] (code points stay below 2**21)."""
+  return np.frombuffer(text.encode("utf-32-le"), dtype="<i4")
 
 
 def _flatten_ids(ids) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
@@ -496,7 +506,8 @@ def _flatten_ids(ids) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
   for index, row in enumerate(ids):
     if (isinstance(row, (str, bytes)) or not _is_iterable(row) or (hasattr(row, "dtype") and np.ndim(row) != 1)):
       rows.append([])
-      problems[index] = f"not a sequence of ids: {type(row).__name__} {np.shape(row) if hasattr(row, 'dtype') else ''}"
+      shape = f" of shape {np.shape(row)}" if hasattr(row, "dtype") else ""
+      problems[index] = f"not a sequence of ids: {type(row).__name__}{shape}"
       continue
     row = np.asarray(row).tolist() if hasattr(row, "dtype") else list(row)
     kept = [int(x) for x in row if isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))]
