@@ -22,7 +22,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.variant = args.variant
   config.data = ml_collections.ConfigDict(dict(
       vocab_size=64, seq_len=16, num_examples=4096, global_batch_size=16, seed=0,
-      multiplier=5, offset=3))
+      multiplier=5, offset=3, eval_examples=64))
   config.model = ml_collections.ConfigDict(dict(
       embed_dim=32, mlp_dim=128, num_layers=2, dropout_rate=0.1))
   config.optim = ml_collections.ConfigDict(dict(
@@ -31,6 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       frozen=()))
   config.train.num_steps = 300
   config.train.log_every = 10
+  config.train.eval_every = 100
   config.checkpoint.every_steps = 100
   if args.variant == "wide":
     config.data.vocab_size = 4096

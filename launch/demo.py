@@ -39,12 +39,15 @@ def run_debug_stage(workdir: str):
   image = report.plot_curves(os.path.join(workdir, "debug_loss.png"),
                              {"train loss": (steps, [loss[s] for s in steps])},
                              title="debug stage: training loss", ylabel="cross-entropy", logy=True)
+  eval_accuracy = latest_per_step(records, "eval/accuracy")
   metrics = {"debug.initial_loss": loss[steps[0]], "debug.final_loss": loss[steps[-1]],
-             "debug.final_accuracy": accuracy[steps[-1]], "debug.steps": steps[-1]}
+             "debug.final_accuracy": accuracy[steps[-1]], "debug.steps": steps[-1],
+             "debug.eval_accuracy": eval_accuracy[max(eval_accuracy)]}
   text = (f"A {config.model.num_layers}-layer MLP language model learns the token map "
           f"x -> ({config.data.multiplier}x + {config.data.offset}) mod {config.data.vocab_size} "
           f"through the full machinery (mesh, sharded state, Grain data, Orbax checkpoints). "
-          f"Chance accuracy is {1 / config.data.vocab_size:.3f}.")
+          f"Chance accuracy is {1 / config.data.vocab_size:.3f}; `debug.eval_accuracy` is measured on "
+          f"{config.data.eval_examples} held-out sequences.")
   return metrics, ("Debug stage (training machinery)", text, [os.path.basename(image)])
 
 

@@ -17,5 +17,6 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   config.sharding = ml_collections.ConfigDict({"rules": DEFAULT_RULES})
   config.checkpoint = ml_collections.ConfigDict(
       {"every_steps": 1000, "max_to_keep": 3, "async_save": True})
-  config.train = ml_collections.ConfigDict({"num_steps": 1000, "log_every": 10})
+  # eval_every: steps between held-out evaluations (0 = only at the end, if the stage has one).
+  config.train = ml_collections.ConfigDict({"num_steps": 1000, "log_every": 10, "eval_every": 0})
   return config

@@ -58,7 +58,3 @@ class ShardedStep:
   def __call__(self, state, batch, *extra):
     with sharding_lib.activation_context(self.mesh, self.rules):
       return self._jitted(state, batch, *extra)
-
-  def lower(self, state, batch, *extra):
-    with sharding_lib.activation_context(self.mesh, self.rules):
-      return self._jitted.lower(state, batch, *extra)

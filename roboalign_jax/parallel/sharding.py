@@ -97,8 +97,16 @@ def global_batch(local_batch: Any, mesh: Mesh) -> Any:
   Every leaf's leading dimension is this process's share: global size / `jax.process_count()`.
   """
   sharding = batch_sharding(mesh)
-  return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+  ways = data_parallel_size(mesh)
+
+  def to_global(x):
+    x = np.asarray(x)
+    if x.ndim == 0 or (x.shape[0] * jax.process_count()) % ways:
+      raise ValueError(
+          f"batch leaf of shape {x.shape} (per process) cannot be split over the mesh's "
+          f"data x fsdp = {ways} ways; the global batch size must be a multiple of {ways}")
+    return jax.make_array_from_process_local_data(sharding, x)
+  return jax.tree.map(to_global, local_batch)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -56,9 +56,6 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def all_steps(self) -> list[int]:
-    return list(self.manager.all_steps())
-
   def should_save(self, step: int) -> bool:
     return step % self.every_steps == 0
 

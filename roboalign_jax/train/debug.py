@@ -64,9 +64,19 @@ def make_dataset(data: ml_collections.ConfigDict, *, global_batch_size: int,
   return stacked.to_iter_dataset()
 
 
+def eval_batch(data: ml_collections.ConfigDict, *, process_index: int,
+               process_count: int) -> dict[str, np.ndarray]:
+  """This process's rows of the held-out set: indices past the training range, never trained on."""
+  local = data.eval_examples // process_count
+  indices = range(data.num_examples + process_index * local, data.num_examples + (process_index + 1) * local)
+  rows = [make_example(i, seed=data.seed, seq_len=data.seq_len, vocab_size=data.vocab_size,
+                       multiplier=data.multiplier, offset=data.offset) for i in indices]
+  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
 def loss_fn(params, model: DebugLM, batch, rng, *, deterministic: bool):
-  logits = model.apply({"params": params}, batch["tokens"], deterministic=deterministic,
-                       rngs={"dropout": rng})
+  rngs = None if deterministic else {"dropout": rng}
+  logits = model.apply({"params": params}, batch["tokens"], deterministic=deterministic, rngs=rngs)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
   accuracy = (logits.argmax(-1) == batch["targets"]).mean()
   return loss, {"loss": loss, "accuracy": accuracy}
@@ -90,6 +100,7 @@ class DebugSetup:
   abstract_state: Any
   shardings: Any
   step: partitioned.ShardedStep
+  evaluate: Any  # (params, global batch) -> {loss, accuracy}, deterministic
 
 
 def build(config: ml_collections.ConfigDict, mesh) -> DebugSetup:
@@ -108,7 +119,13 @@ def build(config: ml_collections.ConfigDict, mesh) -> DebugSetup:
       init_state, mesh, rules, jax.random.PRNGKey(config.seed))
   step = partitioned.ShardedStep(
       functools.partial(train_step, model=model, tx=tx, schedule=schedule), mesh, rules, shardings)
-  return DebugSetup(model, state, abstract_state, shardings, step)
+  eval_jit = jax.jit(lambda params, batch: loss_fn(params, model, batch, None, deterministic=True)[1])
+
+  def evaluate(params, batch):
+    with sharding_lib.activation_context(mesh, rules):
+      return eval_jit(params, batch)
+
+  return DebugSetup(model, state, abstract_state, shardings, step, evaluate)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -122,6 +139,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                               every_steps=config.checkpoint.every_steps,
                               max_to_keep=config.checkpoint.max_to_keep,
                               async_save=config.checkpoint.async_save)
+  held_out = sharding_lib.global_batch(
+      eval_batch(config.data, process_index=jax.process_index(), process_count=jax.process_count()),
+      mesh)
+
+  def eval_fn(state, step):
+    del step
+    return {f"eval/{k}": v for k, v in jax.device_get(setup.evaluate(state.params, held_out)).items()}
+
   writer = MetricWriter(workdir)
   metadata = {"config": json.loads(config.to_json_best_effort()), "dataset_statistics": None,
               "code": code_version(), "mesh": dict(mesh.shape)}
@@ -129,7 +154,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     result = loop.run(state=setup.state, abstract_state=setup.abstract_state, step_fn=setup.step,
                       data_iter=data_iter, mesh=mesh, num_steps=config.train.num_steps,
                       checkpointer=checkpointer, writer=writer, metadata=metadata,
-                      log_every=config.train.log_every, desc="debug")
+                      log_every=config.train.log_every, eval_fn=eval_fn,
+                      eval_every=config.train.eval_every, desc="debug")
   finally:
     checkpointer.close()
     writer.close()

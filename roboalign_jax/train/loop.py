@@ -47,7 +47,8 @@ def run(*, state: Any, abstract_state: Any, step_fn: Callable[[Any, Any], tuple[
     step_fn: `(state, global_batch) -> (state, metrics)`, e.g. a `ShardedStep`.
     data_iter: a Grain iterator of this process's local batches (its position is checkpointed).
     metadata: JSON-serialisable run description saved with every checkpoint.
-    eval_fn: `(state, step) -> scalars`, called every `eval_every` steps and at the end.
+    eval_fn: `(state, step) -> scalars`, called every `eval_every` steps (0: never) and after
+      the last step.
   """
   resumed_from = checkpointer.latest_step()
   if resumed_from is not None:
@@ -73,7 +74,7 @@ def run(*, state: Any, abstract_state: Any, step_fn: Callable[[Any, Any], tuple[
         last["step_seconds"] = time.perf_counter() - started
         writer.write(step, last)
         progress.set_postfix({k: f"{v:.4g}" for k, v in last.items() if k in ("loss", "accuracy")})
-      if eval_fn is not None and eval_every and (step % eval_every == 0 or step == num_steps):
+      if eval_fn is not None and ((eval_every and step % eval_every == 0) or step == num_steps):
         writer.write(step, dict(eval_fn(state, step)))
       checkpointer.save(step, state, data_iter=data_iter, metadata=metadata)
       progress.update(1)

@@ -4,7 +4,6 @@ both under the workdir, written by process 0 only."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from typing import Any, Mapping
@@ -64,9 +63,4 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
 
 def latest_per_step(records: list[dict[str, Any]], key: str) -> dict[int, float]:
   """`{step: value}` keeping the last record of each step (a resumed run redoes some steps)."""
-  out = {}
-  for record in records:
-    if key in record and record[key] is not None and not (
-        isinstance(record[key], float) and math.isnan(record[key])):
-      out[record["step"]] = record[key]
-  return out
+  return {r["step"]: r[key] for r in records if r.get(key) is not None}
