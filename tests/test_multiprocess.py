@@ -32,8 +32,8 @@ def test_two_processes_match_one(tmp_path):
       for i in range(2)
   ]
   codes = [p.wait(timeout=300) for p in procs]
-  logs = [open(tmp_path / f"process_{i}.log").read()[-3000:] for i in range(2)]
-  assert codes == [0, 0], logs
+  logs = [open(tmp_path / f"process_{i}.log").read() for i in range(2)]
+  assert codes == [0, 0], [log[-3000:] for log in logs]
   assert "2 processes, 4 devices" in logs[0]
 
   want, got = read_metrics(single_dir), read_metrics(multi_dir)
