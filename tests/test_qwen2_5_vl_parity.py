@@ -92,3 +92,20 @@ def test_stop_after_layer_returns_features(loaded):
   out = model.apply({"params": params}, ids, num_layers=2)
   assert out.logits is None and len(out.hidden_states) == 3
   np.testing.assert_allclose(out.hidden_states[2], full.hidden_states[2], rtol=1e-6, atol=1e-6)
+
+
+def test_remat_gives_same_gradients(loaded):
+  model, params, _, _ = loaded
+  remat_model = qwen2_5_vl.Qwen2_5_VL(model.config.replace(remat=True))
+  rng = np.random.default_rng(6)
+  grid = np.array([[1, 8, 8]], np.int32)
+  ids = jnp.asarray([random_text(rng, 3) + image_block(grid[0]) + random_text(rng, 4)])
+  pixels, grid = jnp.asarray(random_pixels(rng, grid)), jnp.asarray(grid)
+
+  def loss(m):
+    return lambda p: m.apply({"params": p}, ids, None, pixels, grid).logits.std()
+
+  g1 = jax.jit(jax.grad(loss(model)))(params)
+  g2 = jax.jit(jax.grad(loss(remat_model)))(params)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
