@@ -131,3 +131,27 @@ def test_convert_cli_round_trip(loaded, tmp_path):
   assert orig.keys() == new.keys()
   for name, value in new.items():
     np.testing.assert_array_equal(value, orig[name], err_msg=name)
+
+
+def test_tiny_checkpoint_writer(tmp_path):
+  """The package's torch-free tiny checkpoint (for demos) loads here and in transformers, and
+  its processor output runs through the model."""
+  from PIL import Image
+  from roboalign_jax.models.qwen2_5_vl import tiny
+  d = tiny.write_checkpoint(str(tmp_path / "tiny"))
+  model, params = qwen2_5_vl.load_pretrained(d)
+  assert model.config.text.vocab_size == 1024 and model.config.image_token_id == 12
+  proc = qwen2_5_vl.Processor.from_pretrained(d)
+  img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 320, 3), dtype=np.uint8))
+  batch = proc.apply_chat_template([[{"role": "user", "content": [
+      {"type": "image", "image": img}, {"type": "text", "text": "pick up the red block"}]}]])
+  assert int(np.prod(batch["image_grid_thw"], 1).sum()) // 4 <= 64  # max_pixels of the tiny processor
+  out = model.apply({"params": params}, **{k: jnp.asarray(v) for k, v in batch.items()})
+  assert out.logits.shape == (1, batch["input_ids"].shape[1], 1024)
+  hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(d).eval()
+  ids = torch.as_tensor(batch["input_ids"].astype(np.int64))
+  with torch.no_grad():
+    ref = hf(input_ids=ids, pixel_values=torch.as_tensor(batch["pixel_values"]),
+             image_grid_thw=torch.as_tensor(batch["image_grid_thw"].astype(np.int64)),
+             mm_token_type_ids=(ids == 12).int()).logits.numpy()
+  assert max_rel_err(out.logits, ref) <= 1e-4

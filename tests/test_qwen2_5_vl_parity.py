@@ -109,3 +109,20 @@ def test_remat_gives_same_gradients(loaded):
   g2 = jax.jit(jax.grad(loss(remat_model)))(params)
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_tied_embeddings(tmp_path):
+  """3B-style tied lm_head: parity with HF, and save -> load keeps it tied (no lm_head tensor)."""
+  hf_dir, hf_model = hf_tiny(tied=True)
+  model, params = qwen2_5_vl.load_pretrained(hf_dir)
+  assert model.config.text.tie_word_embeddings and "lm_head" not in params
+  rng = np.random.default_rng(8)
+  grid = [[1, 8, 10]]
+  ids = np.array([random_text(rng, 4) + image_block(grid[0]) + random_text(rng, 3)], np.int32)
+  pixels = random_pixels(rng, grid)
+  ref_logits, _ = hf_forward(hf_model, ids, None, pixels, np.array(grid))
+  out = model.apply({"params": params}, jnp.asarray(ids), None, jnp.asarray(pixels), jnp.asarray(grid))
+  assert max_rel_err(out.logits, ref_logits) <= TOL
+  qwen2_5_vl.save_pretrained(params, model.config, str(tmp_path))
+  from roboalign_jax.models.qwen2_5_vl import checkpoint_io
+  assert "lm_head.weight" not in checkpoint_io.read_hf_tensors(str(tmp_path))
