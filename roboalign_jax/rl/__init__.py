@@ -1,0 +1,6 @@
+"""Stage 2 (GRPO): the RoboAlign reward, group advantages and the clipped policy loss, and the
+KV-cache rollout sampler. Use the modules: `rl.rewards`, `rl.grpo`, `rl.rollout`."""
+
+from roboalign_jax.rl import rewards
+
+__all__ = ["rewards"]
