@@ -1,0 +1,203 @@
+"""`make_dataset(config.data, split)`: RLDS datasets -> Grain -> this process's batches.
+
+    index -> order (seeded, per epoch) -> mix (weights) -> batch of global positions
+      -> this process's rows -> read + standardise + chunk + normalise + images -> sample builder
+      -> collate -> [worker processes] -> iterator (its state goes into checkpoints)
+
+Process p of P takes rows [p*b, (p+1)*b) of every global batch (b = global / P), so the global
+order is the same for any number of processes and `jax.make_array_from_process_local_data`
+assembles the global batch. Everything random is a function of (seed, global position): the
+order, the mixture and the augmentation; a restored iterator continues exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import grain
+import ml_collections
+import numpy as np
+
+from roboalign_jax.data import chunking, image_transforms, mixture, normalization, step_index
+from roboalign_jax.data.errors import SkipCounter
+from roboalign_jax.data.ordering import StepOrder
+from roboalign_jax.data.rlds_source import RLDSSource
+from roboalign_jax.data.specs import ACTION_DIM, get_spec
+
+EPOCHS = 10**6  # "forever" for training; Grain's mix needs finite parents
+
+
+def default_cache_dir() -> str:
+  return os.path.join(os.path.expanduser("~"), ".cache", "roboalign_jax", "data")
+
+
+@dataclasses.dataclass
+class DatasetHandle:
+  """One opened dataset of a mixture with its index and statistics."""
+  name: str
+  source: RLDSSource
+  index: step_index.StepIndex
+  statistics: normalization.DatasetStatistics
+  weight: float
+
+
+def open_datasets(data: ml_collections.ConfigDict, split: str = "train",
+                  counter: SkipCounter | None = None) -> list[DatasetHandle]:
+  """Opens every dataset of `data.datasets`, building (or loading) index and statistics."""
+  if not data.datasets:
+    raise ValueError("config.data.datasets is empty; expected entries like "
+                     "{'spec': 'libero', 'path': '/data/libero_spatial_no_noops/1.0.0', 'weight': 1.0}")
+  cache_dir = data.cache_dir or default_cache_dir()
+  handles = []
+  for entry in data.datasets:
+    entry = dict(entry)
+    for key in ("spec", "path"):
+      if not entry.get(key):
+        raise ValueError(f"config.data.datasets entry {entry} has no {key!r}")
+    spec = get_spec(entry["spec"])
+    name = entry.get("name") or spec.name
+    source = RLDSSource(entry["path"], spec, split=split, name=name, cache_episodes=data.cache_episodes)
+    index = step_index.load_or_build(source, cache_dir, skip_bad=data.skip_bad_records, counter=counter,
+                                     progress=data.progress)
+    stats = normalization.load_or_compute(source, index, cache_dir, progress=data.progress)
+    handles.append(DatasetHandle(name, source, index, stats, float(entry.get("weight", 1.0))))
+  return handles
+
+
+class StepReader:
+  """(dataset id, flat step id, global position) -> one example in the common format.
+
+  Example (S = max native state width over the mixture, V = len(cameras), h = history):
+    images           uint8 [V, h, H, W, 3]   (zeros for a camera the dataset lacks)
+    image_mask       bool [V]
+    state            float32 [h, S]  normalised, zero-padded;  state_mask bool [S]
+    observation_mask bool [h]        False for history steps before the episode start
+    actions          float32 [horizon, 7]  normalised (gripper as is: +1 close, -1 open)
+    action_mask      bool [horizon]  False past the episode end
+    instruction      str;  dataset_id, episode, step  int32
+  """
+
+  def __init__(self, handles: list[DatasetHandle], data: ml_collections.ConfigDict, *, train: bool):
+    self.sources = [h.source for h in handles]
+    self.indices = [h.index for h in handles]
+    self.stats = [h.statistics for h in handles]
+    self.cameras = tuple(data.cameras)
+    self.size = tuple(data.image_size)
+    self.horizon = int(data.action_horizon)
+    self.history = int(data.history)
+    self.augment = bool(data.augment and train)
+    self.seed = int(data.seed)
+    self.state_dim = max(h.source.spec.state_dim for h in handles)
+    self.action_mask = normalization.action_mask(ACTION_DIM)
+    self.augmentation = image_transforms.Augmentation()
+
+  def __call__(self, dataset_id: int, step_id: int, position: int) -> dict[str, Any]:
+    source, stats = self.sources[dataset_id], self.stats[dataset_id]
+    episode_ids, steps = self.indices[dataset_id].locate([step_id])
+    episode = source.episode(int(episode_ids[0]))
+    t = int(steps[0])
+    rng = np.random.default_rng([self.seed, int(position)])
+    frames, frame_mask = chunking.history_steps(t, self.history)
+    images = np.zeros((len(self.cameras), self.history, *self.size, 3), np.uint8)
+    image_mask = np.zeros(len(self.cameras), bool)
+    for v, camera in enumerate(self.cameras):
+      if camera not in episode.images:
+        continue
+      image_mask[v] = True
+      path, shape = source.spec.cameras[camera]
+      for k, f in enumerate(frames):
+        image = image_transforms.decode(episode.images[camera][f], shape, dataset=source.name,
+                                        episode=episode.episode, step=int(episode.step_ids[f]), path=path)
+        if self.augment and camera != "wrist":
+          images[v, k] = image_transforms.augment(image, self.size, rng, self.augmentation)
+        else:
+          images[v, k] = image_transforms.resize(image, self.size)
+    state = np.zeros((self.history, self.state_dim), np.float32)
+    native = source.spec.state_dim
+    state[:, :native] = normalization.normalize(episode.states[frames], stats.state)
+    state_mask = np.arange(self.state_dim) < native
+    actions, action_mask = chunking.action_chunk(episode.actions, t, self.horizon)
+    return {
+        "images": images, "image_mask": image_mask, "state": state, "state_mask": state_mask,
+        "observation_mask": frame_mask,
+        "actions": normalization.normalize(actions, stats.action, self.action_mask), "action_mask": action_mask,
+        "instruction": episode.instruction, "dataset_id": np.int32(dataset_id),
+        "episode": np.int32(episode.episode), "step": np.int32(episode.step_ids[t]),
+    }
+
+
+def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
+  """Stacks a list of examples: arrays along a new leading axis, strings into a list."""
+  out = {}
+  for key, value in examples[0].items():
+    values = [e[key] for e in examples]
+    out[key] = values if isinstance(value, (str, list)) or value is None else np.stack(values)
+  return out
+
+
+def _positions(handles: list[DatasetHandle], data: ml_collections.ConfigDict, train: bool) -> grain.MapDataset:
+  """(dataset id, flat step id) per position of the (mixed, ordered) stream."""
+  parents = []
+  for dataset_id, handle in enumerate(handles):
+    order = StepOrder(handle.index, seed=data.seed + 7919 * dataset_id, shuffle=train,
+                      block_episodes=data.shuffle_block_episodes)
+    length = handle.index.num_steps * (EPOCHS if train else 1)
+    parents.append(grain.MapDataset.range(length).map(lambda p, order=order, d=dataset_id: (d, order(p))))
+  if not train:
+    return grain.MapDataset.concatenate(parents) if len(parents) > 1 else parents[0]
+  return mixture.mix(parents, [h.weight for h in handles], [h.name for h in handles])
+
+
+def make_examples(data: ml_collections.ConfigDict, split: str = "train", *,
+                  handles: list[DatasetHandle] | None = None) -> grain.MapDataset:
+  """All examples (common format) of the stream in global order, unbatched and unsharded."""
+  train = split == "train"
+  handles = handles or open_datasets(data, split)
+  reader = StepReader(handles, data, train=train)
+  return _positions(handles, data, train).map_with_index(lambda p, item: reader(item[0], item[1], p))
+
+
+def make_dataset(data: ml_collections.ConfigDict, split: str = "train", *, process_index: int | None = None,
+                 process_count: int | None = None, handles: list[DatasetHandle] | None = None) -> grain.IterDataset:
+  """This process's batches of `data.sample` samples (see samples.py), as a Grain IterDataset.
+
+  Training streams repeat forever in a seeded order; other splits are one ordered pass (the last
+  incomplete global batch is dropped). Batches are dicts of arrays (strings as lists).
+  """
+  import jax
+  from roboalign_jax.data import samples
+  train = split == "train"
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  global_batch = int(data.global_batch_size)
+  if global_batch <= 0 or global_batch % process_count:
+    raise ValueError(f"config.data.global_batch_size={global_batch} must be a positive multiple of the "
+                     f"{process_count} processes")
+  local = global_batch // process_count
+  handles = handles or open_datasets(data, split)
+  reader = StepReader(handles, data, train=train)
+  builder = samples.make_builder(data, handles)
+  positions = _positions(handles, data, train).map_with_index(lambda p, item: (item[0], item[1], p))
+  rows = positions.batch(global_batch, drop_remainder=True)
+  start = process_index * local
+
+  def build(batch):
+    dataset_ids, step_ids, where = (np.asarray(x)[start:start + local] for x in batch)
+    examples = [builder(reader(int(d), int(s), int(p))) for d, s, p in zip(dataset_ids, step_ids, where)]
+    return builder.collate(examples)
+
+  # A few threads suffice (decoding releases the GIL); Grain's default of 16 threads and 500
+  # batches of read-ahead would build hundreds of batches up front.
+  read = grain.ReadOptions(num_threads=data.num_threads, prefetch_buffer_size=data.prefetch_buffer)
+  stream = rows.map(build).to_iter_dataset(read)
+  if data.num_workers > 0:
+    stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers,
+                                                             per_worker_buffer_size=data.prefetch_buffer))
+  return stream
+
+
+def dataset_statistics(handles: list[DatasetHandle]) -> dict[str, Any]:
+  """JSON statistics of each dataset, for checkpoint metadata (`unnormalize` at inference)."""
+  return {h.name: h.statistics.to_json() for h in handles}

@@ -1,0 +1,152 @@
+"""The common step format every dataset is standardised into, and the spec record per dataset.
+
+Gripper convention (all datasets, after standardisation): action[..., 6] in {-1, +1} with
++1 = close and -1 = open. Why: it is the convention of the LIBERO data and of the robosuite
+controller the LIBERO evaluation drives (its no-op is [0, 0, 0, 0, 0, 0, -1]), so policies act
+in the simulator without a flip; it is symmetric, so the gripper shares the [-1, 1] range of the
+normalised dims (FAST's quantisation scale and the flow head see one range); and normalisation
+leaves it untouched. Bridge (open amount in [0, 1]) is binarised and mapped; CALVIN
+(+1 = open) is negated.
+
+Action layout (7): delta xyz (3), delta roll/pitch/yaw (3), gripper (1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+ACTION_DIM = 7
+GRIPPER_DIM = 6
+GRIPPER_CLOSE, GRIPPER_OPEN = 1.0, -1.0
+# Cameras of the common format: "primary" (third-person) and "wrist".
+CAMERAS = ("primary", "wrist")
+
+
+@dataclasses.dataclass
+class RawEpisode:
+  """One RLDS episode as read: non-image step fields stacked over time, images still encoded.
+
+  fields: step path ("observation/state", "action/world_vector", ...) -> array [T, ...]
+    (text fields as an object array of str).
+  images: step path of an image feature -> T encoded images (bytes).
+  """
+  dataset: str
+  index: int
+  fields: dict[str, np.ndarray]
+  images: dict[str, list[bytes]]
+  metadata: dict[str, Any]
+
+  @property
+  def num_steps(self) -> int:
+    if self.fields:
+      return len(next(iter(self.fields.values())))
+    return len(next(iter(self.images.values()))) if self.images else 0
+
+
+@dataclasses.dataclass
+class StandardEpisode:
+  """An episode in the common format.
+
+  actions: float32 [T, 7] (gripper in {-1, +1}, +1 = close); states: float32 [T, S] (native
+  state of the dataset); images: camera in CAMERAS -> T encoded images; step_ids: int32 [T], the
+  step number in the original episode (for error messages after cleaning dropped steps).
+  """
+  dataset: str
+  episode: int
+  actions: np.ndarray
+  states: np.ndarray
+  instruction: str
+  images: dict[str, list[bytes]]
+  step_ids: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.actions)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """A published RLDS layout and how to standardise it.
+
+  name: registry name ("bridge", "libero", ...); builder_name: the TFDS dataset name the
+  fixture writer uses; features: () -> tfds FeaturesDict of the published spec;
+  cameras: common camera name -> (step path of the image, (H, W, 3) as published);
+  required: step paths that must be present; standardize: RawEpisode -> StandardEpisode.
+  version: bumped whenever standardisation changes, so cached index/statistics are recomputed.
+  """
+  name: str
+  builder_name: str
+  features: Callable[[], Any]
+  cameras: Mapping[str, tuple[str, tuple[int, int, int]]]
+  state_dim: int
+  required: tuple[str, ...]
+  standardize: Callable[[RawEpisode], StandardEpisode]
+  version: str = "1"
+  description: str = ""
+
+
+def rlds_step_features(observation: dict, action, *, extra: dict | None = None):
+  """The RLDS episode structure shared by the published specs: steps + episode_metadata."""
+  import tensorflow_datasets as tfds  # the feature classes only; reading never needs TensorFlow
+  step = {
+      "observation": tfds.features.FeaturesDict(observation),
+      "action": action,
+      "discount": tfds.features.Scalar(dtype=np.float32),
+      "reward": tfds.features.Scalar(dtype=np.float32),
+      "is_first": tfds.features.Scalar(dtype=np.bool_),
+      "is_last": tfds.features.Scalar(dtype=np.bool_),
+      "is_terminal": tfds.features.Scalar(dtype=np.bool_),
+      **(extra or {}),
+  }
+  return step
+
+
+def image_feature(shape: tuple[int, int, int]):
+  import tensorflow_datasets as tfds
+  return tfds.features.Image(shape=shape, dtype=np.uint8, encoding_format="jpeg")
+
+
+def require_finite(raw: RawEpisode, path: str, values: np.ndarray, step_ids: np.ndarray | None = None) -> None:
+  """Raises DataError at the first step whose `values` row has NaN or inf."""
+  from roboalign_jax.data.errors import DataError
+  bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+  if bad.any():
+    t = int(np.argmax(bad))
+    step = int(step_ids[t]) if step_ids is not None else t
+    raise DataError(f"{path} has a non-finite value {values[t].tolist()}; expected finite floats",
+                    dataset=raw.dataset, episode=raw.index, step=step)
+
+
+def instruction_of(raw: RawEpisode, path: str) -> str:
+  """The episode's instruction: the text at step 0 of `path`, which must be non-empty."""
+  from roboalign_jax.data.errors import DataError
+  texts = raw.fields[path]
+  text = texts[0].decode() if isinstance(texts[0], bytes) else str(texts[0])
+  if not text.strip():
+    raise DataError(f"{path} is empty; expected a non-empty language instruction",
+                    dataset=raw.dataset, episode=raw.index, step=0)
+  return text.strip()
+
+
+def binarize_open_amount(open_amount: np.ndarray) -> np.ndarray:
+  """Continuous gripper open amount in [0, 1] -> {-1 (open), +1 (close)}.
+
+  Values above 0.95 are open, below 0.05 closed; a value in between takes the state the gripper
+  reaches next (scanning forward to the next decisive value), because intermediate readings are
+  the gripper on its way there. Trailing undecided values keep the last decided state.
+  float [T] -> float32 [T].
+  """
+  out = np.zeros(len(open_amount), np.float32)
+  decided = np.where(open_amount > 0.95, GRIPPER_OPEN, np.where(open_amount < 0.05, GRIPPER_CLOSE, 0.0))
+  upcoming = GRIPPER_OPEN
+  for t in range(len(open_amount) - 1, -1, -1):
+    if decided[t] != 0:
+      upcoming = decided[t]
+    out[t] = upcoming
+  # Trailing undecided values: carry the last decided state forward instead.
+  last_decided = np.flatnonzero(decided != 0)
+  if last_decided.size:
+    out[last_decided[-1] + 1:] = decided[last_decided[-1]]
+  return out
