@@ -201,3 +201,18 @@ def make_dataset(data: ml_collections.ConfigDict, split: str = "train", *, proce
 def dataset_statistics(handles: list[DatasetHandle]) -> dict[str, Any]:
   """JSON statistics of each dataset, for checkpoint metadata (`unnormalize` at inference)."""
   return {h.name: h.statistics.to_json() for h in handles}
+
+
+def action_chunks(handles: list[DatasetHandle], horizon: int) -> np.ndarray:
+  """Every step's normalised action chunk (padding repeats the last action): float32 [N, horizon, 7].
+
+  What a FAST tokenizer is fitted on (`FASTTokenizer.fit(action_chunks(handles, H))`).
+  """
+  mask = normalization.action_mask(ACTION_DIM)
+  chunks = []
+  for handle in handles:
+    for episode_id in handle.index.episodes:
+      episode = handle.source.episode(int(episode_id))
+      normed = normalization.normalize(episode.actions, handle.statistics.action, mask)
+      chunks.extend(chunking.action_chunk(normed, t, horizon)[0] for t in range(len(normed)))
+  return np.stack(chunks).astype(np.float32)
