@@ -21,6 +21,8 @@ def dataset_entry(spec: str, path: str, weight: float = 1.0, name: str = "") -> 
 def data_config(datasets: Sequence[dict] = (), **overrides: Any) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.datasets = list(datasets)
+  # LLaVA-format JSONL sources mixed into SFT batches: {"path", "weight", "image_root"?, "name"?}.
+  config.conversations = []
   config.seed = 0
   config.global_batch_size = 32
   # Where step indices and statistics are cached ("" = ~/.cache/roboalign_jax/data).

@@ -46,7 +46,7 @@ class DatasetHandle:
 def open_datasets(data: ml_collections.ConfigDict, split: str = "train",
                   counter: SkipCounter | None = None) -> list[DatasetHandle]:
   """Opens every dataset of `data.datasets`, building (or loading) index and statistics."""
-  if not data.datasets:
+  if not data.datasets and not data.get("conversations"):
     raise ValueError("config.data.datasets is empty; expected entries like "
                      "{'spec': 'libero', 'path': '/data/libero_spatial_no_noops/1.0.0', 'weight': 1.0}")
   cache_dir = data.cache_dir or default_cache_dir()
@@ -129,25 +129,41 @@ class StepReader:
 
 
 def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
-  """Stacks a list of examples: arrays along a new leading axis, strings into a list."""
+  """Stacks a list of examples: arrays along a new leading axis, strings (and other objects) into lists."""
   out = {}
-  for key, value in examples[0].items():
+  # Keys every example has: a mixture of robot and conversation samples shares the token fields.
+  keys = [k for k in examples[0] if all(k in e for e in examples[1:])]
+  for key in keys:
+    value = examples[0][key]
     values = [e[key] for e in examples]
-    out[key] = values if isinstance(value, (str, list)) or value is None else np.stack(values)
+    out[key] = np.stack(values) if isinstance(value, (np.ndarray, np.generic)) else values
   return out
 
 
-def _positions(handles: list[DatasetHandle], data: ml_collections.ConfigDict, train: bool) -> grain.MapDataset:
-  """(dataset id, flat step id) per position of the (mixed, ordered) stream."""
-  parents = []
+def _positions(handles: list[DatasetHandle], data: ml_collections.ConfigDict, train: bool,
+               conversations: list | None = None) -> grain.MapDataset:
+  """(dataset id, flat step id) per position of the (mixed, ordered) stream.
+
+  Conversation sources follow the robot datasets: id len(handles) + k, "step" = record index.
+  """
+  conversations = conversations or []
+  parents, weights, names = [], [h.weight for h in handles], [h.name for h in handles]
   for dataset_id, handle in enumerate(handles):
     order = StepOrder(handle.index, seed=data.seed + 7919 * dataset_id, shuffle=train,
                       block_episodes=data.shuffle_block_episodes)
     length = handle.index.num_steps * (EPOCHS if train else 1)
     parents.append(grain.MapDataset.range(length).map(lambda p, order=order, d=dataset_id: (d, order(p))))
+  for k, (source, weight) in enumerate(conversations):
+    dataset_id = len(handles) + k
+    records = step_index.StepIndex(np.arange(len(source)), np.ones(len(source)), [])
+    order = StepOrder(records, seed=data.seed + 7919 * dataset_id, shuffle=train, block_episodes=0)
+    length = len(source) * (EPOCHS if train else 1)
+    parents.append(grain.MapDataset.range(length).map(lambda p, order=order, d=dataset_id: (d, order(p))))
+    weights.append(weight)
+    names.append(source.name)
   if not train:
     return grain.MapDataset.concatenate(parents) if len(parents) > 1 else parents[0]
-  return mixture.mix(parents, [h.weight for h in handles], [h.name for h in handles])
+  return mixture.mix(parents, weights, names)
 
 
 def make_examples(data: ml_collections.ConfigDict, split: str = "train", *,
@@ -176,17 +192,28 @@ def make_dataset(data: ml_collections.ConfigDict, split: str = "train", *, proce
     raise ValueError(f"config.data.global_batch_size={global_batch} must be a positive multiple of the "
                      f"{process_count} processes")
   local = global_batch // process_count
-  handles = handles or open_datasets(data, split)
-  reader = StepReader(handles, data, train=train)
+  handles = handles if handles is not None else (open_datasets(data, split) if data.datasets else [])
+  reader = StepReader(handles, data, train=train) if handles else None
   builder = samples.make_builder(data, handles)
-  positions = _positions(handles, data, train).map_with_index(lambda p, item: (item[0], item[1], p))
+  conversations = _conversation_sources(data)
+  if conversations and (data.sample != "fast_sft" or builder.tokenizing is None):
+    raise ValueError("config.data.conversations are mixed in as tokenised SFT samples; set "
+                     "config.data.sample='fast_sft' and config.data.processor_dir")
+  positions = _positions(handles, data, train, conversations).map_with_index(lambda p, item: (item[0], item[1], p))
   rows = positions.batch(global_batch, drop_remainder=True)
   start = process_index * local
 
+  def example(d: int, s: int, p: int) -> dict:
+    if d >= len(handles):
+      source = conversations[d - len(handles)][0]
+      record = source[s]
+      return {"messages": record["messages"], "source": source.name,
+              **builder.tokenizing.conversation(record["messages"], record["images"])}
+    return {**builder(reader(d, s, p)), "source": handles[d].name}
+
   def build(batch):
     dataset_ids, step_ids, where = (np.asarray(x)[start:start + local] for x in batch)
-    examples = [builder(reader(int(d), int(s), int(p))) for d, s, p in zip(dataset_ids, step_ids, where)]
-    return builder.collate(examples)
+    return builder.collate([example(int(d), int(s), int(p)) for d, s, p in zip(dataset_ids, step_ids, where)])
 
   # A few threads suffice (decoding releases the GIL); Grain's default of 16 threads and 500
   # batches of read-ahead would build hundreds of batches up front.
@@ -196,6 +223,19 @@ def make_dataset(data: ml_collections.ConfigDict, split: str = "train", *, proce
     stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers,
                                                              per_worker_buffer_size=data.prefetch_buffer))
   return stream
+
+
+def _conversation_sources(data: ml_collections.ConfigDict) -> list:
+  """(ConversationSource, weight) for each entry of `data.conversations` ({path, weight, image_root})."""
+  from roboalign_jax.data.conversations import ConversationSource
+  out = []
+  for entry in data.get("conversations") or []:
+    entry = dict(entry)
+    if not entry.get("path"):
+      raise ValueError(f"config.data.conversations entry {entry} has no 'path'")
+    source = ConversationSource(entry["path"], entry.get("image_root") or None, entry.get("name") or None)
+    out.append((source, float(entry.get("weight", 1.0))))
+  return out
 
 
 def dataset_statistics(handles: list[DatasetHandle]) -> dict[str, Any]:

@@ -84,17 +84,44 @@ class Tokenizing:
             "image_grid_thw": out["image_grid_thw"]}
 
   def conversation(self, messages: list[dict], images: list) -> dict:
-    """Prompt + the final assistant turn -> input_ids [T] and loss_mask [T] (1 on the assistant turn)."""
-    prompt = self.prompt(messages[:-1], images)
-    full_text = self.processor.render(messages, add_generation_prompt=False)
-    prompt_text = self.processor.render(messages[:-1], add_generation_prompt=True)
-    if not full_text.startswith(prompt_text):
-      raise ValueError("chat template renders the prompt differently with and without the answer; "
-                       "cannot separate the assistant turn")
-    completion = self.processor.tokenizer(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"]
-    ids = np.concatenate([prompt["input_ids"], np.asarray(completion, np.int32)])
-    mask = np.concatenate([np.zeros(len(prompt["input_ids"]), np.int32), np.ones(len(completion), np.int32)])
-    return {**prompt, "input_ids": ids, "loss_mask": mask}
+    """A conversation ending in an assistant turn -> input_ids int32 [T], loss_mask int32 [T]
+    (1 on every assistant turn's tokens, its end-of-turn included), vision inputs.
+
+    The chat template is rendered for growing prefixes of the conversation; each prompt prefix
+    and each assistant turn is tokenised separately (images expanded by the processor), so the
+    mask follows the template exactly without character-offset bookkeeping.
+    """
+    from roboalign_jax.models.qwen2_5_vl.processor import IMAGE_PAD
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if not turns or turns[-1] != len(messages) - 1:
+      raise ValueError("conversation must end with an assistant turn to be supervised")
+    pieces, rendered = [], ""
+    for i in turns:
+      prompt = self.processor.render(messages[:i], add_generation_prompt=True)
+      full = self.processor.render(messages[:i + 1], add_generation_prompt=False)
+      if not (prompt.startswith(rendered) and full.startswith(prompt)):
+        raise ValueError("chat template renders a conversation prefix differently from the whole; "
+                         "cannot separate the assistant turns")
+      pieces += [(prompt[len(rendered):], 0), (full[len(prompt):], 1)]
+      rendered = full
+    ids, mask, vision, remaining = [], [], [], list(images)
+    for text, supervised in pieces:
+      n_images = text.count(IMAGE_PAD)
+      if n_images:
+        out = self.processor(text, remaining[:n_images])
+        remaining = remaining[n_images:]
+        vision.append(out)
+        piece = out["input_ids"][0]
+      else:
+        piece = np.asarray(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"], np.int32)
+      ids.append(piece)
+      mask.append(np.full(len(piece), supervised, np.int32))
+    if remaining:
+      raise ValueError(f"{len(images)} images given but the conversation has {len(images) - len(remaining)} "
+                       "image placeholders")
+    return {"input_ids": np.concatenate(ids).astype(np.int32), "loss_mask": np.concatenate(mask),
+            "pixel_values": np.concatenate([v["pixel_values"] for v in vision]) if vision else None,
+            "image_grid_thw": np.concatenate([v["image_grid_thw"] for v in vision]) if vision else None}
 
   def collate_tokens(self, samples: list[dict], *, left: bool) -> dict:
     """Pads input_ids (+ attention_mask, loss_mask) and concatenates the vision inputs."""
@@ -104,9 +131,10 @@ class Tokenizing:
            "attention_mask": pad_to([np.ones(len(s["input_ids"]), np.int32) for s in samples], length, 0, left=left)}
     if "loss_mask" in samples[0]:
       out["loss_mask"] = pad_to([s["loss_mask"] for s in samples], length, IGNORE, left=left)
-    if samples[0]["pixel_values"] is not None:
-      out["pixel_values"] = np.concatenate([s["pixel_values"] for s in samples])
-      out["image_grid_thw"] = np.concatenate([s["image_grid_thw"] for s in samples])
+    with_images = [s for s in samples if s.get("pixel_values") is not None]
+    if with_images:  # text-only samples contribute no patches
+      out["pixel_values"] = np.concatenate([s["pixel_values"] for s in with_images])
+      out["image_grid_thw"] = np.concatenate([s["image_grid_thw"] for s in with_images])
     return out
 
 
