@@ -126,3 +126,32 @@ def test_tied_embeddings(tmp_path):
   qwen2_5_vl.save_pretrained(params, model.config, str(tmp_path))
   from roboalign_jax.models.qwen2_5_vl import checkpoint_io
   assert "lm_head.weight" not in checkpoint_io.read_hf_tensors(str(tmp_path))
+
+
+def test_per_frame_vision_attention_matches_hf(loaded):
+  """`frame_patches` (same-size images attended per image, unmasked full-attention blocks) gives
+  HF's numbers, including windows cut at the image edge and an image per row of a batch."""
+  model, params, hf_model, _ = loaded
+  rng = np.random.default_rng(5)
+  grid = [[1, 12, 20], [1, 12, 20]]
+  row0 = random_text(rng, 4) + image_block(grid[0]) + random_text(rng, 5)
+  row1 = random_text(rng, 6) + image_block(grid[1]) + random_text(rng, 3)
+  ids = np.array([row0, row1], np.int32)
+  pixels = random_pixels(rng, grid)
+  ref_logits, ref_hidden = hf_forward(hf_model, ids, None, pixels, np.array(grid, np.int32))
+  fwd = jax.jit(lambda p, ids, pix, grid: model.apply(
+      {"params": p}, ids, pixel_values=pix, image_grid_thw=grid, output_hidden_states=True,
+      frame_patches=240))
+  out = fwd(params, jnp.asarray(ids), jnp.asarray(pixels), jnp.asarray(grid))
+  assert max_rel_err(out.logits, ref_logits, None) <= TOL
+  assert max(max_rel_err(h, r, None) for h, r in zip(out.hidden_states, ref_hidden)) <= TOL
+
+
+def test_frame_patches_must_match_the_grid(loaded):
+  model, params, _, _ = loaded
+  rng = np.random.default_rng(6)
+  grid = [[1, 8, 8], [1, 8, 12]]
+  ids = np.array([image_block(grid[0]) + image_block(grid[1])], np.int32)
+  with pytest.raises(ValueError, match=r"frame_patches=64 promises h\*w = 64 for every image"):
+    model.apply({"params": params}, jnp.asarray(ids), pixel_values=jnp.asarray(random_pixels(rng, grid)),
+                image_grid_thw=jnp.asarray(grid), frame_patches=64)

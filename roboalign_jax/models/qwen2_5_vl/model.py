@@ -11,6 +11,11 @@ Full forward (training, scoring, features)::
 `num_layers=k` runs only the first k decoder layers and returns k + 1 hidden states (the VLA
 head reads layer 18 this way without paying for the rest of the model).
 
+`frame_patches=h*w` (a static int; also accepted by `prefill`) promises that every image has the
+same patch grid, as with fixed robot cameras: the vision tower then attends per image instead of
+over one packed, masked sequence of the whole batch (linear instead of quadratic in the number
+of images, same numbers). Checked against `image_grid_thw` when that is concrete.
+
 KV-cache decoding (the rollout sampler)::
 
     logits, cache = model.apply({"params": params}, input_ids, attention_mask, pixel_values,
@@ -79,16 +84,17 @@ class Qwen2_5_VL(nn.Module):
       y = self.lm_head(x)
     return nn.with_logical_constraint(y.astype(jnp.float32), ("batch", "length", "vocab"))
 
-  def image_features(self, pixel_values: jax.Array, image_grid_thw: jax.Array) -> jax.Array:
+  def image_features(self, pixel_values: jax.Array, image_grid_thw: jax.Array,
+                     frame_patches: int | None = None) -> jax.Array:
     """[N_patches, 1176], int [n_images, 3] -> [N_patches / 4, D] (all images, in order)."""
-    return self.visual(pixel_values, image_grid_thw)
+    return self.visual(pixel_values, image_grid_thw, frame_patches)
 
-  def input_embeddings(self, input_ids, pixel_values=None, image_grid_thw=None):
+  def input_embeddings(self, input_ids, pixel_values=None, image_grid_thw=None, frame_patches=None):
     """Token embeddings with each image pad token replaced by its image feature. [B, T, D]"""
     x = self.language_model.embed(input_ids)
     if pixel_values is None:
       return x
-    feats = self.image_features(pixel_values, image_grid_thw).astype(x.dtype)
+    feats = self.image_features(pixel_values, image_grid_thw, frame_patches).astype(x.dtype)
     is_img = input_ids == self.config.image_token_id
     # The k-th pad token of the row-major flattened batch takes the k-th image feature.
     ordinal = jnp.cumsum(is_img.reshape(-1)) - 1
@@ -97,10 +103,10 @@ class Qwen2_5_VL(nn.Module):
 
   # ---- full forward ---------------------------------------------------------------------------
   def __call__(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None,
-               output_hidden_states=False, num_layers=None):
+               output_hidden_states=False, num_layers=None, frame_patches=None):
     input_ids, attention_mask = self._check_inputs(input_ids, attention_mask, pixel_values, image_grid_thw,
-                                                   num_layers)
-    x = self.input_embeddings(input_ids, pixel_values, image_grid_thw)
+                                                   num_layers, frame_patches)
+    x = self.input_embeddings(input_ids, pixel_values, image_grid_thw, frame_patches)
     pos, deltas = self._positions(input_ids, attention_mask, image_grid_thw)
     t = input_ids.shape[1]
     causal = jnp.tril(jnp.ones((t, t), bool))
@@ -113,16 +119,17 @@ class Qwen2_5_VL(nn.Module):
 
   # ---- KV-cache decoding ----------------------------------------------------------------------
   def prefill(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, *,
-              max_length: int):
+              max_length: int, frame_patches: int | None = None):
     """Runs the (left-padded) prompt and returns (last-position logits f32 [B, vocab], KVCache)."""
-    input_ids, attention_mask = self._check_inputs(input_ids, attention_mask, pixel_values, image_grid_thw, None)
+    input_ids, attention_mask = self._check_inputs(input_ids, attention_mask, pixel_values, image_grid_thw,
+                                                   None, frame_patches)
     b, t = input_ids.shape
     if max_length < t:
       raise ValueError(f"max_length {max_length} is shorter than the prompt ({t} tokens)")
     if _concrete(attention_mask) and not np.all(np.asarray(attention_mask)[:, -1]):
       raise ValueError("prefill: attention_mask must be left-padded (last position real in every row)")
     c = self.config.text
-    x = self.input_embeddings(input_ids, pixel_values, image_grid_thw)
+    x = self.input_embeddings(input_ids, pixel_values, image_grid_thw, frame_patches)
     pos, deltas = self._positions(input_ids, attention_mask, image_grid_thw)
     cache = KVCache.init(b, max_length, c.num_hidden_layers, c.num_key_value_heads, c.head_dim,
                          self.config.dtype)
@@ -158,7 +165,8 @@ class Qwen2_5_VL(nn.Module):
     return rope.mrope_position_ids(input_ids, attention_mask, image_grid_thw, self.config.image_token_id,
                                    self.config.vision.spatial_merge_size)
 
-  def _check_inputs(self, input_ids, attention_mask, pixel_values, image_grid_thw, num_layers):
+  def _check_inputs(self, input_ids, attention_mask, pixel_values, image_grid_thw, num_layers,
+                    frame_patches=None):
     """Shape checks always; value checks (token counts vs grids) when inputs are concrete."""
     c = self.config
     input_ids = jnp.asarray(input_ids)
@@ -192,6 +200,9 @@ class Qwen2_5_VL(nn.Module):
       if np.any(grid <= 0) or np.any(grid[:, 1:] % m):
         raise ValueError(f"image_grid_thw: rows must be positive with h, w multiples of {m}; got {grid.tolist()}")
       patches = int(np.prod(grid, axis=1).sum())
+      if frame_patches and np.any(grid[:, 1] * grid[:, 2] != frame_patches):
+        raise ValueError(f"frame_patches={frame_patches} promises h*w = {frame_patches} for every image, but "
+                         f"image_grid_thw is {grid.tolist()}")
       if patches != pixel_values.shape[0]:
         raise ValueError(f"pixel_values has {pixel_values.shape[0]} patches but image_grid_thw "
                          f"{grid.tolist()} describes {patches}")
