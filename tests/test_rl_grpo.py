@@ -190,6 +190,7 @@ def test_policy_loss_config_forms_and_errors():
   b, _ = grpo.policy_loss(logp, old, ref, adv, mask, cd)
   assert float(a) == float(b)
   all_padding, _ = grpo.policy_loss(logp, old, ref, adv, jnp.zeros_like(mask), CFG)
+  assert grpo.policy_loss(logp.astype(jnp.bfloat16), old, ref, adv, mask, CFG)[0].dtype == jnp.float32
   assert float(all_padding) == 0.0
   with pytest.raises(ValueError, match="no field 'clip_dual'"):
     grpo.policy_loss(logp, old, ref, adv, mask, ml_collections.ConfigDict(dict(clip_low=0.2, clip_high=0.3,

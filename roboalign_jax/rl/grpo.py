@@ -100,7 +100,8 @@ def policy_loss(logp, old_logp, ref_logp, advantages, mask, config) -> tuple[jax
   if jnp.shape(advantages) != (n,):
     raise ValueError(f"policy_loss: advantages must be float [N={n}] (one per sequence), got {jnp.shape(advantages)}")
 
-  dtype = logp.dtype
+  dtype = jnp.promote_types(logp.dtype, jnp.float32)  # never accumulate the loss in bf16
+  logp = logp.astype(dtype)
   old_logp = jax.lax.stop_gradient(jnp.asarray(old_logp, dtype))
   adv = jax.lax.stop_gradient(jnp.asarray(advantages, dtype))[:, None]
   mask = jnp.asarray(mask).astype(dtype)
