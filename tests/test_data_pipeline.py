@@ -245,3 +245,28 @@ print("ok")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+def test_worker_processes_give_the_same_batches_and_resume(fixture_dirs, tmp_path):
+  import jax
+  import jax.numpy as jnp
+  from roboalign_jax.train.checkpoint import Checkpointer
+  plain = iter(data.make_dataset(config_for(fixture_dirs, tmp_path, ("libero",)), process_index=0, process_count=1))
+  expected = [next(plain) for _ in range(5)]
+  config = config_for(fixture_dirs, tmp_path, ("libero",), num_workers=2)
+  workers = iter(data.make_dataset(config, process_index=0, process_count=1))
+  for want in expected[:3]:
+    np.testing.assert_array_equal(next(workers)["images"], want["images"])
+  state = {"w": jnp.zeros(1)}
+  checkpointer = Checkpointer(str(tmp_path / "ckpt"), every_steps=1, async_save=False)
+  checkpointer.save(3, state, data_iter=workers, metadata={})
+  checkpointer.wait()
+  workers.close()
+  resumed = iter(data.make_dataset(config, process_index=0, process_count=1))
+  checkpointer.restore(3, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state), data_iter=resumed)
+  checkpointer.close()
+  for want in expected[3:]:
+    got = next(resumed)
+    np.testing.assert_array_equal(got["images"], want["images"])
+    np.testing.assert_array_equal(got["step"], want["step"])
+  resumed.close()

@@ -220,6 +220,11 @@ def make_dataset(data: ml_collections.ConfigDict, split: str = "train", *, proce
   read = grain.ReadOptions(num_threads=data.num_threads, prefetch_buffer_size=data.prefetch_buffer)
   stream = rows.map(build).to_iter_dataset(read)
   if data.num_workers > 0:
+    from absl import flags
+    if not flags.FLAGS.is_parsed():
+      # Grain's worker pool reads its absl flags; outside an absl app (tests, notebooks) they
+      # would be unparsed, so use their defaults.
+      flags.FLAGS.mark_as_parsed()
     stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers,
                                                              per_worker_buffer_size=data.prefetch_buffer))
   return stream
