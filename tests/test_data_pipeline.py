@@ -270,3 +270,26 @@ def test_worker_processes_give_the_same_batches_and_resume(fixture_dirs, tmp_pat
     np.testing.assert_array_equal(got["images"], want["images"])
     np.testing.assert_array_equal(got["step"], want["step"])
   resumed.close()
+
+
+def test_augmentation_is_the_documented_transform():
+  from PIL import Image
+  from roboalign_jax.data import image_transforms as it
+  scene = fixtures.sample_scene(np.random.default_rng(0))
+  image = Image.fromarray(fixtures.render(scene, fixtures.HOME, -1.0, (256, 256, 3)))
+  identity = it.Augmentation(crop_area=1.0, rotation_degrees=0, brightness=0, contrast=0, saturation=0, hue=0)
+  same = it.augment(image, (224, 224), np.random.default_rng(0), identity)
+  assert np.abs(same.astype(int) - it.resize(image, (224, 224))).mean() < 1.0
+  pixels = np.asarray(image, np.float64)
+  half = np.asarray(image.convert("RGB", it.colour_affine(pixels.reshape(-1, 3).mean(0), 0.5, 1, 1, 0, np.arange(4))))
+  assert np.abs(half - pixels * 0.5).max() <= 0.5 + 1e-9
+  grey = np.array([[0.3] * 3, [0.7] * 3]) * 255
+  for k in range(1, 4):  # contrast / saturation / hue leave greys grey
+    factors = [1.0, 1.0, 1.0, 0.0]
+    factors[k - 1 if k < 3 else 3] = 0.2 if k < 3 else 0.3
+    m = np.array(it.colour_affine(grey.mean(0), *factors, np.arange(4))).reshape(3, 4)
+    mapped = grey @ m[:, :3].T + m[:, 3]
+    np.testing.assert_allclose(mapped[:, 0], mapped[:, 1], atol=1e-6)
+    np.testing.assert_allclose(mapped[:, 1], mapped[:, 2], atol=1e-6)
+  a, b = (it.augment(image, (224, 224), np.random.default_rng(k)) for k in (1, 2))
+  assert a.shape == b.shape == (224, 224, 3) and np.abs(a.astype(int) - b).mean() > 1

@@ -1,7 +1,8 @@
 """Frame decoding (Pillow), resizing and training augmentation.
 
 Training views of third-person cameras get a random crop of 95% of the area resized back to the
-model size, a small rotation and colour jitter (brightness, contrast, saturation, hue); wrist
+model size, a small rotation and colour jitter (brightness, contrast, saturation, hue) -- each
+group done as one affine map, so a view costs one resampling and one colour pass; wrist
 views are only resized, because their geometry (where the object sits between the fingers) is
 what the policy reads off them. Evaluation never augments. Randomness comes from the generator
 passed in, so a sample's augmentation is a function of (seed, sample position).
@@ -13,7 +14,7 @@ import dataclasses
 import io
 
 import numpy as np
-from PIL import Image, ImageEnhance
+from PIL import Image
 
 from roboalign_jax.data.errors import DataError
 
@@ -52,9 +53,49 @@ def resize(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
   return np.asarray(image, np.uint8)
 
 
+def geometric_affine(size: tuple[int, int], crop_box: tuple[float, float, float, float],
+                     degrees: float) -> tuple[float, ...]:
+  """Pillow AFFINE coefficients (output -> input coordinates) for "crop `crop_box`, resize to
+  `size`, rotate by `degrees` about the centre" as one resampling."""
+  h, w = size
+  x0, y0, x1, y1 = crop_box
+  sx, sy = (x1 - x0) / w, (y1 - y0) / h
+  cos, sin = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+  a, b, d, e = sx * cos, -sx * sin, sy * sin, sy * cos
+  cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+  return (a, b, cx - a * w / 2 - b * h / 2, d, e, cy - d * w / 2 - e * h / 2)
+
+
+_LUMA = np.array([0.299, 0.587, 0.114])
+_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def colour_affine(mean_rgb: np.ndarray, brightness: float, contrast: float, saturation: float,
+                  hue: float, order: np.ndarray) -> tuple[float, ...]:
+  """The colour jitters, in `order`, composed into one affine RGB map x -> M x + b (12 numbers,
+  Pillow's `convert("RGB", matrix)` layout). Each jitter is affine in RGB: brightness scales,
+  contrast blends with the image's mean grey, saturation with each pixel's grey, hue rotates the
+  chroma plane of YIQ by `hue` turns. mean_rgb: float [3], the input's mean colour."""
+  matrix, offset, mean = np.eye(3), np.zeros(3), np.asarray(mean_rgb, np.float64)
+  for k in order:
+    if k == 0:
+      m, b = brightness * np.eye(3), np.zeros(3)
+    elif k == 1:
+      m, b = contrast * np.eye(3), (1 - contrast) * (_LUMA @ mean) * np.ones(3)
+    elif k == 2:
+      m, b = saturation * np.eye(3) + (1 - saturation) * np.outer(np.ones(3), _LUMA), np.zeros(3)
+    else:
+      angle = 2 * np.pi * hue
+      rotation = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]])
+      m, b = np.linalg.inv(_TO_YIQ) @ rotation @ _TO_YIQ, np.zeros(3)
+    matrix, offset, mean = m @ matrix, m @ offset + b, m @ mean + b
+  return tuple(np.concatenate([matrix, offset[:, None]], axis=1).reshape(-1).tolist())
+
+
 def augment(image: Image.Image, size: tuple[int, int], rng: np.random.Generator,
             config: Augmentation = Augmentation()) -> np.ndarray:
-  """Random crop + resize, rotation and colour jitter: PIL image -> uint8 [H, W, 3]."""
+  """Random crop + resize + rotation (one affine resampling) and colour jitter (one affine colour
+  map; torchvision-style random order): PIL image -> uint8 [H, W, 3]."""
   h, w = size
   side = float(np.sqrt(config.crop_area))
   aspect = np.exp(rng.uniform(np.log(0.95), np.log(1.05)))  # a slight aspect-ratio change too
@@ -62,18 +103,11 @@ def augment(image: Image.Image, size: tuple[int, int], rng: np.random.Generator,
   crop_h = min(1.0, side / np.sqrt(aspect)) * image.height
   x0 = rng.uniform(0, image.width - crop_w)
   y0 = rng.uniform(0, image.height - crop_h)
-  out = image.resize((w, h), Image.BILINEAR, box=(x0, y0, x0 + crop_w, y0 + crop_h))
-  if config.rotation_degrees:
-    out = out.rotate(rng.uniform(-config.rotation_degrees, config.rotation_degrees), resample=Image.BILINEAR)
-  order = rng.permutation(3)  # torchvision-style random order of the photometric jitters
+  degrees = rng.uniform(-config.rotation_degrees, config.rotation_degrees)
+  out = image.transform((w, h), Image.AFFINE, geometric_affine(size, (x0, y0, x0 + crop_w, y0 + crop_h), degrees),
+                        resample=Image.BILINEAR)
   factors = [rng.uniform(1 - c, 1 + c) for c in (config.brightness, config.contrast, config.saturation)]
-  enhancers = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)
-  for k in order:
-    out = enhancers[k](out).enhance(factors[k])
-  if config.hue:
-    shift = int(round(rng.uniform(-config.hue, config.hue) * 255))
-    if shift:
-      hsv = np.asarray(out.convert("HSV")).copy()
-      hsv[..., 0] = (hsv[..., 0].astype(np.int16) + shift).astype(np.uint8)  # wraps around the circle
-      out = Image.fromarray(hsv, "HSV").convert("RGB")
+  hue = rng.uniform(-config.hue, config.hue)
+  mean = np.asarray(out.reduce(8), np.float64).reshape(-1, 3).mean(0)  # a cheap estimate of the mean colour
+  out = out.convert("RGB", colour_affine(mean, *factors, hue, rng.permutation(4)))
   return np.asarray(out, np.uint8)
