@@ -293,3 +293,34 @@ def test_augmentation_is_the_documented_transform():
     np.testing.assert_allclose(mapped[:, 1], mapped[:, 2], atol=1e-6)
   a, b = (it.augment(image, (224, 224), np.random.default_rng(k)) for k in (1, 2))
   assert a.shape == b.shape == (224, 224, 3) and np.abs(a.astype(int) - b).mean() > 1
+
+
+def test_fixture_actions_follow_the_image_and_the_instruction(fixture_dirs):
+  """The first motion heads from the gripper ring to the object the instruction names first,
+  found in the first frame by its colour: the action is readable from image + instruction."""
+  from PIL import Image
+  import io
+  source = RLDSSource(fixture_dirs["libero"], get_spec("libero"))
+  for i in range(EPISODES):
+    episode = source.episode(i)
+    colour = episode.instruction.split()[2]  # "put the <colour> <shape> on the ..."
+    frame = np.asarray(Image.open(io.BytesIO(episode.images["primary"][0])).convert("RGB"), np.int32)
+    target = np.argwhere(np.abs(frame - fixtures.COLOURS[colour]).sum(-1) < 60).mean(0)[::-1] / 256  # (x, y)
+    ring = np.argwhere(np.abs(frame - 30).sum(-1) < 30).mean(0)[::-1] / 256
+    motion = episode.actions[:4, :2].sum(0)
+    cosine = motion @ (target - ring) / (np.linalg.norm(motion) * np.linalg.norm(target - ring))
+    assert cosine > 0.95, (i, cosine)
+
+
+def test_convert_cli(fixture_dirs, tmp_path):
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  tfrecord = data.write_fixture("calvin", str(tmp_path / "tfr"), 2, SEED, episode_length=LENGTH,
+                                file_format="tfrecord")
+  out = tmp_path / "ar" / "calvin_abc" / "1.0.0"
+  run = subprocess.run([sys.executable, os.path.join(repo, "launch", "convert_rlds.py"), f"--in_dir={tfrecord}",
+                        f"--out_dir={out}", "--spec=calvin"], capture_output=True, text=True, timeout=300)
+  assert run.returncode == 0, run.stderr[-2000:]
+  assert '"usable_episodes": 2' in run.stdout
+  run = subprocess.run([sys.executable, os.path.join(repo, "launch", "convert_rlds.py"), f"--out_dir={out}",
+                        "--spec=libero", "--validate_only"], capture_output=True, text=True, timeout=300)
+  assert run.returncode != 0 and "expected (256, 256, 3) as published for libero" in run.stderr
