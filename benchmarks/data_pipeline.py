@@ -16,14 +16,12 @@ frames, augmenting / resizing, normalising + chunking, FAST encoding, collating.
 
 from __future__ import annotations
 
-import io
 import os
 import tempfile
 import time
 
 import numpy as np
 from absl import app, flags
-from PIL import Image
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workers", ["0", "2"], "Worker-process counts to measure.")
@@ -34,6 +32,8 @@ flags.DEFINE_integer("min_steps", 100, "Shortest fixture episode (LIBERO: ~100-3
 flags.DEFINE_integer("max_steps", 160, "Longest fixture episode.")
 flags.DEFINE_integer("horizon", 16, "Action chunk length.")
 flags.DEFINE_integer("threads", 2, "Reader threads per process.")
+flags.DEFINE_bool("with_processor", False, "Also tokenise with the backbone processor (tiny tokenizer, "
+                  "Qwen image preprocessing of the primary view), as Stage-1 SFT batches are.")
 flags.DEFINE_string("workdir", "", "Where to write the fixture (default: a temporary directory).")
 
 
@@ -51,7 +51,7 @@ def breakdown(handles, config, fast, samples: int = 200) -> dict[str, float]:
     handle.source.episode(int(e))
   out["read+standardise episode (per episode)"] = (time.perf_counter() - start) / len(np.unique(episodes)) * 1e3
   cached = {int(e): handle.source.episode(int(e)) for e in np.unique(episodes)}
-  frames, decoded = [], []
+  decoded = []
   start = time.perf_counter()
   for e, t in zip(episodes, ts):
     ep = cached[int(e)]
@@ -83,7 +83,6 @@ def breakdown(handles, config, fast, samples: int = 200) -> dict[str, float]:
   for i in range(0, 64, 32):
     pipeline.collate(examples[i:i + 32])
   out["collate"] = (time.perf_counter() - start) / 64 * 1e3
-  del frames
   return out
 
 
@@ -106,9 +105,16 @@ def main(argv):
   fast.save(fast_dir)
   print(f"steps: {handles[0].index.num_steps}; FAST tokens per chunk: "
         f"{np.mean([len(i) for i in fast.encode(pipeline.action_chunks(handles, FLAGS.horizon)[:256])]):.1f}")
+  processor_dir = ""
+  if FLAGS.with_processor:
+    from roboalign_jax.models.qwen2_5_vl import tiny
+    processor_dir = os.path.join(workdir, "qwen")
+    tiny.write_tokenizer(processor_dir)
+    tiny.write_image_processor_config(processor_dir, max_pixels=224 * 224)
   results = {}
   for workers in (int(w) for w in FLAGS.workers):
-    config = data.data_config(**base, sample="fast_sft", fast_tokenizer_dir=fast_dir, num_workers=workers)
+    config = data.data_config(**base, sample="fast_sft", fast_tokenizer_dir=fast_dir, num_workers=workers,
+                              processor_dir=processor_dir)
     it = iter(data.make_dataset(config, process_index=0, process_count=1))
     batch = next(it)  # warm-up: worker start-up, first episode reads
     assert batch["actions"].shape == (FLAGS.batch_size, FLAGS.horizon, 7)

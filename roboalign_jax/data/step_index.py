@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import os
 
 import numpy as np
@@ -22,6 +23,7 @@ from roboalign_jax.data.rlds_source import RLDSSource
 from roboalign_jax.data.specs.common import StandardEpisode
 
 INDEX_FILE = "step_index.json"
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -107,8 +109,10 @@ def load_or_build(source: RLDSSource, cache_dir: str, *, skip_bad: bool = False,
       first = cached["skipped"][0]["reason"]
       raise DataError(f"{len(cached['skipped'])} bad episodes (first: {first}); set skip_bad_records to "
                       "train without them", dataset=source.name)
-    for item in cached["skipped"]:
-      (counter or SkipCounter()).counts[source.name] += 1
+    if cached["skipped"]:
+      log.warning("%s: %d bad episodes left out (from the cached index)", source.name, len(cached["skipped"]))
+      if counter is not None:
+        counter.counts[source.name] += len(cached["skipped"])
     return StepIndex(cached["episodes"], cached["lengths"], cached["skipped"], source="cache")
   index = build_step_index(source, skip_bad=skip_bad, counter=counter, progress=progress)
   os.makedirs(os.path.dirname(path), exist_ok=True)
