@@ -10,6 +10,8 @@ from typing import Callable
 
 TRAINERS: dict[str, str] = {
     "debug": "roboalign_jax.train.debug:train",
+    "grpo": "roboalign_jax.train.grpo:train",
+    "sft": "roboalign_jax.train.sft:train",
 }
 
 

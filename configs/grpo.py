@@ -1,0 +1,78 @@
+"""Stage 2 (GRPO): RL on BridgeV2 FAST prompts with the reward (format + prefix accuracy) / 2,
+starting from the Stage 1 model (an HF directory with the action tokens).
+
+  python launch/train.py --config=configs/grpo.py:7b,init=runs/sft/hf,fast=runs/fast,data=/data/bridge/1.0.0 \
+      --workdir=runs/grpo --config.mesh.fsdp=8
+  python launch/train.py --config=configs/grpo.py:tiny,init=runs/demo/sft/hf,fast=runs/demo/fast,data=runs/demo/fixtures/bridge/1.0.0 \
+      --workdir=runs/grpo_tiny
+
+Variants: `7b` (the paper's EasyR1 defaults: 512 prompts x 5 samples per rollout batch, updates of
+128 samples -> 20 optimiser steps per rollout batch, constant lr 1e-6, AdamW wd 1e-2, clip 1.0,
+one epoch over a 12.8K-prompt set = 25 rollout batches), `3b` (the same recipe for the 3B
+backbone), `tiny` (the tiny backbone on fixture data, minutes on a 2-core CPU; a larger lr,
+since a few dozen updates at 1e-6 would not move it).
+Arguments: init (HF directory to start from), fast (FAST tokenizer dir), data (TFDS version
+directory of a Bridge-layout dataset), spec (its layout, default bridge), steps (rollout
+batches; default: one epoch over grpo.num_prompts).
+
+A "step" of this stage is one rollout batch (EasyR1's global step): `train.num_steps`,
+`checkpoint.every_steps` and `metrics.jsonl` count rollout batches; `optimizer_steps` in the log
+counts updates.
+"""
+
+import ml_collections
+
+from roboalign_jax.config import args as config_args
+from roboalign_jax.config.base import base_config
+from roboalign_jax.data.config import data_config, dataset_entry
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = config_args.parse(arg, variants=("tiny", "3b", "7b"), init="", fast="", data="", spec="bridge", steps=0)
+  config = base_config("grpo")
+  config.variant = args.variant
+  config.model = ml_collections.ConfigDict(dict(
+      init_dir=args.init,     # HF directory of the Stage 1 model (tokenizer + image processor inside)
+      param_dtype="float32",
+      compute_dtype="",       # "" = param_dtype; "bfloat16" on accelerators
+      remat=False))
+  datasets = [dataset_entry(args.spec, args.data)] if args.data else []
+  # Prompts: the primary camera's current frame + instruction; no augmentation in RL.
+  config.data = data_config(datasets=datasets, sample="grpo", fast_tokenizer_dir=args.fast,
+                            global_batch_size=512, cameras=("primary",), history=1, augment=False,
+                            image_size=(224, 224), max_seq_len=384, num_threads=4, prefetch_buffer=1)
+  config.rollout = ml_collections.ConfigDict(dict(
+      num_samples=5, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0))
+  config.grpo = ml_collections.ConfigDict(dict(
+      num_prompts=12800,      # the RL prompt set; one epoch = num_prompts / data.global_batch_size rollouts
+      update_batch_size=128,  # samples per optimiser step
+      micro_batch_size=8,     # samples per forward/backward inside an update (gradients summed)
+      clip_low=0.2, clip_high=0.3, clip_dual=3.0, kl_coef=1e-2,
+      online_filtering=False,  # drop groups whose rewards are all equal before the update
+      ))
+  config.optim = ml_collections.ConfigDict(dict(
+      lr=1e-6, schedule="constant", warmup_ratio=0.0, warmup_steps=0, final_lr_ratio=0.0,
+      b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2, grad_clip=1.0, accumulate_steps=1, frozen=()))
+  config.export = ml_collections.ConfigDict(dict(hf_dir=""))  # "" = <workdir>/hf; "none" = skip
+  config.train.num_steps = 0  # 0 = one epoch over grpo.num_prompts
+  config.train.log_every = 1
+  config.checkpoint.every_steps = 5
+
+  if args.variant == "3b":
+    config.model.compute_dtype = "bfloat16"
+  elif args.variant == "7b":
+    config.model.compute_dtype = "bfloat16"
+    config.model.remat = True
+  else:  # tiny
+    config.data.global_batch_size = 8
+    config.data.image_size = (112, 112)  # 8x8 patches -> 16 image tokens
+    config.data.max_seq_len = 288
+    config.data.action_horizon = 2
+    config.data.num_threads = 2
+    config.rollout.update(num_samples=4, max_new_tokens=36)
+    config.grpo.update(num_prompts=8 * 40, update_batch_size=16, micro_batch_size=16)
+    config.optim.lr = 3e-4
+    config.checkpoint.every_steps = 10
+  if args.steps:
+    config.train.num_steps = args.steps
+  return config

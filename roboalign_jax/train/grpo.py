@@ -1,0 +1,462 @@
+"""Stage 2 trainer: GRPO on FAST-token prompts, the update loop EasyR1 runs.
+
+One step = one rollout batch of `data.global_batch_size` prompts:
+
+  1. sample G responses per prompt from the current policy (`rl.rollout.generate`, KV cache);
+  2. score them: reward = (format + prefix accuracy) / 2 (`rl.rewards.score_responses`, on ids);
+  3. group advantages over each prompt's G samples (`rl.grpo.group_advantages`); optionally drop
+     groups whose rewards are all equal (their advantages are 0; they only dilute the token mean);
+  4. recompute the old log-probs with the current params and the reference log-probs with the
+     frozen initial params, full forward, logits / temperature;
+  5. split the samples, in rollout order, into updates of `grpo.update_batch_size` and take one
+     optimiser step per update (token-mean loss over the whole update, gradients summed over
+     micro-batches); an update with a non-finite gradient norm is skipped and counted.
+
+`train.num_steps` rollout batches make one epoch over `grpo.num_prompts` prompts unless set.
+Checkpoints (every `checkpoint.every_steps` rollout batches, and on SIGTERM) hold the policy's
+train state and the prompt iterator's position; the rollout RNG is `fold_in(state.rng, step)`,
+so a resumed run samples what an uninterrupted one would. The reference is re-read from
+`model.init_dir` on resume. At the end the policy is exported as an HF directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
+
+from roboalign_jax.parallel import mesh as mesh_lib
+from roboalign_jax.parallel import partitioned
+from roboalign_jax.parallel import sharding as sharding_lib
+from roboalign_jax.rl import grpo as grpo_lib
+from roboalign_jax.rl import rewards, rollout
+from roboalign_jax.rl.rewards import END_OF_TURN_TOKENS
+from roboalign_jax.train import backbone_io
+from roboalign_jax.train.checkpoint import Checkpointer, code_version
+from roboalign_jax.train.metrics import MetricWriter
+from roboalign_jax.train.optimizer import make_optimizer
+from roboalign_jax.train.preemption import PreemptionGuard
+from roboalign_jax.train.train_state import TrainState, apply_gradients
+
+log = logging.getLogger(__name__)
+
+# Per-update metrics averaged into each step's record (policy_loss's and apply_gradients').
+UPDATE_METRICS = ("loss", "pg_loss", "kl", "entropy", "ratio", "ppo_kl", "clip_frac_upper", "clip_frac_lower",
+                  "clip_frac_dual", "grad_norm")
+
+
+def num_rollout_steps(config: ml_collections.ConfigDict) -> int:
+  """Rollout batches of the run: `train.num_steps`, or one epoch over `grpo.num_prompts`."""
+  if config.train.num_steps:
+    return int(config.train.num_steps)
+  steps = config.grpo.num_prompts // config.data.global_batch_size
+  if steps < 1:
+    raise ValueError(f"config.grpo.num_prompts={config.grpo.num_prompts} is less than one rollout batch of "
+                     f"config.data.global_batch_size={config.data.global_batch_size} prompts")
+  return steps
+
+
+def updates_per_rollout(config: ml_collections.ConfigDict) -> int:
+  """Optimiser steps per rollout batch without filtering (20 for the paper's 512 x 5 / 128)."""
+  rows = config.data.global_batch_size * config.rollout.num_samples
+  return -(-rows // config.grpo.update_batch_size)
+
+
+def check_config(config: ml_collections.ConfigDict, data_parallel: int) -> None:
+  g, u, m = config.grpo, config.grpo.update_batch_size, config.grpo.micro_batch_size
+  if not config.model.init_dir:
+    raise ValueError("config.model.init_dir is empty; expected the Stage 1 model's HF directory "
+                     "(configs/grpo.py:VARIANT,init=DIR)")
+  if not config.data.datasets:
+    raise ValueError("config.data.datasets is empty; expected a Bridge-layout TFDS directory "
+                     "(configs/grpo.py:VARIANT,data=DIR)")
+  if config.data.sample != "grpo":
+    raise ValueError(f"config.data.sample={config.data.sample!r}; the GRPO stage needs 'grpo' prompts")
+  if config.data.max_seq_len <= 0:
+    raise ValueError("config.data.max_seq_len must be > 0: prompts are padded to it so every rollout "
+                     "batch has one compiled shape")
+  if config.rollout.num_samples < 2:
+    raise ValueError(f"config.rollout.num_samples={config.rollout.num_samples}; GRPO compares samples of a "
+                     "prompt, so it needs at least 2")
+  if m <= 0 or u <= 0 or u % m:
+    raise ValueError(f"config.grpo.update_batch_size={u} must be a positive multiple of "
+                     f"config.grpo.micro_batch_size={m}")
+  if m % data_parallel:
+    raise ValueError(f"config.grpo.micro_batch_size={m} does not split over the mesh's data x fsdp = "
+                     f"{data_parallel} ways")
+  if config.rollout.temperature <= 0:
+    raise ValueError(f"config.rollout.temperature={config.rollout.temperature}; GRPO samples, so it must be > 0")
+  grpo_lib._read_config(grpo_lib.GRPOLossConfig(g.clip_low, g.clip_high, g.clip_dual, g.kl_coef))
+
+
+# ---- batches -------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Prompts:
+  """One rollout batch's prompts (all processes' rows, host arrays). B prompts, T tokens, P patches."""
+  input_ids: np.ndarray       # int32 [B, T], left-padded
+  attention_mask: np.ndarray  # int32 [B, T]
+  pixel_values: np.ndarray    # float32 [B, P, 1176]
+  image_grid_thw: np.ndarray  # int32 [B, 3]
+  targets: list[list[int]]    # B target FAST-id sequences
+
+
+def _allgather(x: np.ndarray) -> np.ndarray:
+  """Concatenates every process's rows (processes in order); identity with one process."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=True))
+
+
+def prompts_from_batch(batch: dict[str, Any], pad_targets_to: int) -> Prompts:
+  """The data pipeline's GRPO batch (this process's rows) -> every process's prompts."""
+  grid = np.asarray(batch["image_grid_thw"], np.int32)
+  b = grid.shape[0]
+  if batch["input_ids"].shape[0] != b:
+    raise ValueError(f"GRPO batch has {batch['input_ids'].shape[0]} prompts but {b} images; the stage "
+                     "expects exactly one image (the primary camera) per prompt")
+  if not (grid == grid[:1]).all():
+    raise ValueError(f"GRPO prompts' images have different patch grids {np.unique(grid, axis=0).tolist()}; "
+                     "set config.data.image_size so that every image is resized to one size")
+  patches = int(np.prod(grid[0]))
+  pixels = np.asarray(batch["pixel_values"], np.float32).reshape(b, patches, -1)
+  targets = np.full((b, pad_targets_to), -1, np.int32)
+  length = np.minimum(batch["target_length"], pad_targets_to)
+  for i in range(b):
+    targets[i, :length[i]] = batch["target_fast_ids"][i][:length[i]]
+  targets, length = _allgather(targets), _allgather(length)
+  return Prompts(input_ids=_allgather(np.asarray(batch["input_ids"], np.int32)),
+                 attention_mask=_allgather(np.asarray(batch["attention_mask"], np.int32)),
+                 pixel_values=_allgather(pixels), image_grid_thw=_allgather(grid),
+                 targets=[targets[i, :length[i]].tolist() for i in range(len(length))])
+
+
+def training_rows(prompts: Prompts, tokens: np.ndarray, mask: np.ndarray, advantages: np.ndarray,
+                  rollout_logprobs: np.ndarray, keep: np.ndarray, num_samples: int) -> dict[str, np.ndarray]:
+  """Prompt + response sequences of the kept samples, in rollout order (host arrays, R rows).
+
+  input_ids / attention_mask [R, T+N] (prompt left-padded, response right-padded after EOS),
+  response_mask float32 [R, N], advantages [R], pixel_values [R, P, 1176], image_grid_thw [R, 3].
+  """
+  rep = lambda x: np.repeat(x, num_samples, axis=0)[keep]
+  return {
+      "input_ids": np.concatenate([rep(prompts.input_ids), tokens[keep]], axis=1).astype(np.int32),
+      "attention_mask": np.concatenate([rep(prompts.attention_mask), mask[keep].astype(np.int32)], axis=1),
+      "response_mask": mask[keep].astype(np.float32),
+      "advantages": advantages[keep].astype(np.float32),
+      "rollout_logprobs": rollout_logprobs[keep].astype(np.float32),
+      "pixel_values": rep(prompts.pixel_values),
+      "image_grid_thw": rep(prompts.image_grid_thw),
+  }
+
+
+def split_updates(rows: dict[str, np.ndarray], update_size: int) -> list[dict[str, np.ndarray]]:
+  """Consecutive updates of `update_size` rows. The last one is filled up with copies of its first
+  rows whose response_mask is 0, so every update has one shape and the copies add nothing."""
+  n = rows["input_ids"].shape[0]
+  out = []
+  for start in range(0, n, update_size):
+    part = {k: v[start:start + update_size] for k, v in rows.items()}
+    short = update_size - part["input_ids"].shape[0]
+    if short:
+      fill = np.arange(short) % part["input_ids"].shape[0]
+      part = {k: np.concatenate([v, v[fill]]) for k, v in part.items()}
+      part["response_mask"][-short:] = 0.0
+    out.append(part)
+  return out
+
+
+def _this_process_rows(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """This process's contiguous share of every array's rows (what `global_batch` assembles)."""
+  count = jax.process_count()
+  return rows if count == 1 else {k: np.array_split(v, count)[jax.process_index()] for k, v in rows.items()}
+
+
+def _host(x) -> np.ndarray:
+  """A (possibly multi-process) global array -> the whole array on every host."""
+  if getattr(x, "is_fully_addressable", True):
+    return np.asarray(jax.device_get(x))
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+# ---- model functions -----------------------------------------------------------------------------
+def sequence_logprobs(params, model, rows, *, prompt_len: int, temperature: float, frame_patches: int):
+  """log softmax(logits / temperature) of each response token under `params`: f32 [R, N].
+
+  rows: input_ids / attention_mask [R, T+N] (T = prompt_len), pixel_values [R, P, 1176],
+  image_grid_thw [R, 3]. Position T-1 (the last prompt token, real in every row) predicts
+  response token 0.
+  """
+  pixels = rows["pixel_values"]
+  out = model.apply({"params": params}, rows["input_ids"], rows["attention_mask"],
+                    pixels.reshape(-1, pixels.shape[-1]), rows["image_grid_thw"], frame_patches=frame_patches)
+  logits = out.logits[:, prompt_len - 1:-1]
+  return grpo_lib.token_logprobs(logits, rows["input_ids"][:, prompt_len:], temperature)
+
+
+def _split_micro(x, n: int):
+  """[U, ...] -> [n, U/n, ...], micro-batch j = rows j, j+n, j+2n, ...: strided, so each
+  micro-batch keeps rows from every data-parallel shard."""
+  return jnp.swapaxes(x.reshape(x.shape[0] // n, n, *x.shape[1:]), 0, 1)
+
+
+def _merge_micro(x):
+  """Inverse of `_split_micro`: [n, U/n, ...] -> [U, ...]."""
+  return jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:])
+
+
+def batch_logprobs(params, rows, *, model, num_micro: int, **kw):
+  """`sequence_logprobs` of an update's rows, micro-batch by micro-batch (bounds activation memory)."""
+  inputs = {k: rows[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")}
+  micro = jax.tree.map(lambda x: _split_micro(x, num_micro), inputs)
+  return _merge_micro(jax.lax.map(lambda mb: sequence_logprobs(params, model, mb, **kw), micro))
+
+
+def update_step(state: TrainState, rows, *, model, tx, schedule, loss_config, num_micro: int, use_ref: bool, **kw):
+  """One optimiser step on an update batch: token-mean GRPO loss over all its response tokens.
+
+  Each micro-batch's loss (a mean over its own tokens) is weighted by its share of the update's
+  tokens, so the summed gradient is the gradient of the whole update's token mean.
+  """
+  total = jnp.maximum(rows["response_mask"].sum(), 1.0)
+
+  def micro_loss(params, mb):
+    logp = sequence_logprobs(params, model, mb, **kw)
+    loss, metrics = grpo_lib.policy_loss(logp, mb["old_logprobs"], mb["ref_logprobs"] if use_ref else None,
+                                         mb["advantages"], mb["response_mask"], loss_config)
+    weight = mb["response_mask"].sum() / total
+    return loss * weight, {k: v * weight for k, v in metrics.items()}
+
+  grad_fn = jax.grad(micro_loss, has_aux=True)
+  micro = jax.tree.map(lambda x: _split_micro(x, num_micro), rows)
+  if num_micro == 1:
+    grads, metrics = grad_fn(state.params, jax.tree.map(lambda x: x[0], micro))
+  else:
+    first = jax.tree.map(lambda x: x[0], micro)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grad_fn, state.params, first))
+
+    def body(acc, mb):
+      return jax.tree.map(jnp.add, acc, grad_fn(state.params, mb)), None
+    (grads, metrics), _ = jax.lax.scan(body, zeros, micro)
+  new_state, update_metrics = apply_gradients(state, grads, tx)
+  return new_state, {**metrics, **update_metrics, "lr": schedule(state.step)}
+
+
+# ---- setup -------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class GRPOSetup:
+  backbone: backbone_io.Backbone
+  state: TrainState
+  abstract_state: Any
+  ref_params: Any        # frozen initial policy, sharded like the policy; None when kl_coef == 0
+  eos_ids: list[int]
+  make_functions: Any    # frame_patches -> (logprobs, update), built on first use
+
+  def functions(self, frame_patches: int):
+    return self.make_functions(frame_patches)
+
+
+def build(config: ml_collections.ConfigDict, mesh) -> GRPOSetup:
+  """Backbone, sharded train state and reference, and the jitted log-prob / update functions.
+
+  logprobs: (params, update rows) -> f32 [U, N]; update: (state, update rows) -> (state, metrics).
+  Both are compiled for prompts of `data.max_seq_len` tokens and images of `frame_patches` patches.
+  """
+  from roboalign_jax.models.qwen2_5_vl import dummy_inputs
+  rules = sharding_lib.as_rules(config.sharding.rules)
+  dtype = jnp.dtype(config.model.param_dtype)
+  compute = jnp.dtype(config.model.compute_dtype) if config.model.compute_dtype else None
+  # On the host: a 7B checkpoint must not land whole on one accelerator before it is sharded.
+  with jax.default_device(jax.local_devices(backend="cpu")[0]):
+    backbone = backbone_io.load_backbone(config.model.init_dir, dtype=dtype, compute_dtype=compute,
+                                         remat=config.model.remat)
+  model = backbone.model
+  total_updates = num_rollout_steps(config) * updates_per_rollout(config)
+  tx, schedule = make_optimizer(config.optim, total_updates)
+
+  def boxed_init(rng):
+    return TrainState.create(model.init(rng, *dummy_inputs(model.config))["params"], tx, rng)
+
+  rng = jax.random.PRNGKey(config.seed)
+  abstract_state, shardings = partitioned.state_shardings(boxed_init, mesh, rules, rng)
+  g = config.grpo
+  use_ref = g.kl_coef > 0
+  # The reference gets its own buffers: the policy's are donated to every update.
+  ref_params = jax.device_put(backbone.params, shardings.params) if use_ref else None
+  params = jax.device_put(backbone.params, shardings.params)
+  with sharding_lib.activation_context(mesh, rules):
+    state = jax.jit(lambda p, r: TrainState.create(p, tx, r), out_shardings=shardings)(params, rng)
+  backbone.params = None  # the host copy is no longer needed
+
+  num_micro = g.update_batch_size // g.micro_batch_size
+  rows_sharding = sharding_lib.batch_sharding(mesh)
+  loss_config = grpo_lib.GRPOLossConfig(g.clip_low, g.clip_high, g.clip_dual, g.kl_coef)
+
+  @functools.lru_cache(maxsize=None)
+  def make_functions(frame_patches: int):
+    kw = dict(prompt_len=int(config.data.max_seq_len), temperature=float(config.rollout.temperature),
+              frame_patches=frame_patches)
+    logprobs_jit = jax.jit(functools.partial(batch_logprobs, model=model, num_micro=num_micro, **kw),
+                           in_shardings=(shardings.params, rows_sharding), out_shardings=rows_sharding)
+
+    def logprobs(params, rows):
+      with sharding_lib.activation_context(mesh, rules):
+        return logprobs_jit(params, rows)
+
+    update = partitioned.ShardedStep(
+        functools.partial(update_step, model=model, tx=tx, schedule=schedule, loss_config=loss_config,
+                          num_micro=num_micro, use_ref=use_ref, **kw), mesh, rules, shardings)
+    return logprobs, update
+
+  tok = backbone.tokenizer
+  eos_ids = [tok.convert_tokens_to_ids(t) for t in END_OF_TURN_TOKENS]
+  return GRPOSetup(backbone, state, abstract_state, ref_params, eos_ids, make_functions)
+
+
+# ---- the loop ----------------------------------------------------------------------------------
+def rollout_step(config, setup: GRPOSetup, mesh, prompts: Prompts, step: int):
+  """Steps 1-5 of the module docstring for one rollout batch. Returns (state, record)."""
+  started = time.perf_counter()
+  g, r = config.grpo, config.rollout
+  rules = sharding_lib.as_rules(config.sharding.rules)
+  replicated = sharding_lib.replicated(mesh)
+  state = setup.state
+  flat_pixels = prompts.pixel_values.reshape(-1, prompts.pixel_values.shape[-1])
+  inputs = jax.device_put([prompts.input_ids, prompts.attention_mask, flat_pixels, prompts.image_grid_thw],
+                          replicated)
+  out = rollout.generate(setup.backbone.model, state.params, *inputs, max_new_tokens=r.max_new_tokens,
+                         temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, num_samples=r.num_samples,
+                         rng=jax.random.fold_in(state.rng, step), eos_token_id=setup.eos_ids,
+                         pad_token_id=setup.backbone.tokenizer.pad_token_id, mesh=mesh, rules=rules)
+  tokens, mask, sampled_logp = _host(out.tokens), _host(out.mask), _host(out.logprobs)
+  rollout_seconds = time.perf_counter() - started
+
+  targets = [t for t in prompts.targets for _ in range(r.num_samples)]
+  scores = rewards.score_responses(tokens, mask, targets, setup.backbone.tokenizer, setup.backbone.action_vocab)
+  advantages = np.asarray(grpo_lib.group_advantages(scores["overall"], r.num_samples))
+  groups = scores["overall"].reshape(-1, r.num_samples)
+  informative = np.repeat((groups != groups[:, :1]).any(axis=1), r.num_samples)
+  keep = np.flatnonzero(informative) if g.online_filtering else np.arange(tokens.shape[0])
+
+  record = {"reward": scores["overall"].mean(), "accuracy_reward": scores["accuracy"].mean(),
+            "format_reward": scores["format"].mean(), "response_length": scores["length"].mean(),
+            # Reached max_new_tokens without an end-of-turn token.
+            "response_truncated": float((mask[:, -1] & ~np.isin(tokens[:, -1], setup.eos_ids)).mean()),
+            "informative_groups": float(informative.reshape(-1, r.num_samples)[:, 0].mean()),
+            "rollout_seconds": rollout_seconds}
+  logprobs, update = setup.functions(int(np.prod(prompts.image_grid_thw[0, 1:])))
+  updates = split_updates(training_rows(prompts, tokens, mask, advantages, sampled_logp, keep, r.num_samples),
+                          g.update_batch_size) if keep.size else []
+  # Old (and reference) log-probs of every update before the first optimiser step changes params.
+  batches = []
+  gap_sum, gap_count = 0.0, 0.0
+  for rows in updates:
+    rollout_logp = rows.pop("rollout_logprobs")
+    device_rows = sharding_lib.global_batch(_this_process_rows(rows), mesh)
+    old = logprobs(state.params, device_rows)
+    device_rows["old_logprobs"] = old
+    if setup.ref_params is not None:
+      device_rows["ref_logprobs"] = logprobs(setup.ref_params, device_rows)
+    old_host = _host(old)
+    gap_sum += float((np.abs(old_host - rollout_logp) * rows["response_mask"]).sum())
+    gap_count += float(rows["response_mask"].sum())
+    batches.append(device_rows)
+  collected = []
+  for device_rows in batches:
+    state, metrics = update(state, device_rows)
+    collected.append(metrics)
+  collected = jax.device_get(collected)
+  record["updates"] = len(collected)
+  record["updates_skipped"] = float(sum(m["update_skipped"] for m in collected))
+  record["optimizer_steps"] = int(jax.device_get(state.step))
+  # |rollout log-prob - recomputed old log-prob| per token: ~0 unless sampler and forward disagree.
+  record["logprob_gap"] = gap_sum / max(gap_count, 1.0)
+  for key in UPDATE_METRICS + ("lr",):
+    if collected:
+      record[key] = float(np.mean([m[key] for m in collected]))
+  record["step_seconds"] = time.perf_counter() - started
+  setup.state = state
+  return record
+
+
+def export_dir(config, workdir: str) -> str | None:
+  target = config.export.hf_dir
+  if target == "none":
+    return None
+  return target or os.path.join(workdir, "hf")
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Runs GRPO in `workdir` (auto-resumes); returns the last step's record and the export path."""
+  from roboalign_jax.data import make_dataset, open_datasets
+  from roboalign_jax.data.pipeline import dataset_statistics
+  mesh = mesh_lib.create_mesh(config.mesh.to_dict())
+  check_config(config, sharding_lib.data_parallel_size(mesh))
+  data = ml_collections.ConfigDict(config.data.to_dict())
+  data.processor_dir = data.processor_dir or config.model.init_dir
+  handles = open_datasets(data, "train")
+  data_iter = iter(make_dataset(data, "train", handles=handles))
+  num_steps = num_rollout_steps(config)
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=config.checkpoint.every_steps,
+                              max_to_keep=config.checkpoint.max_to_keep, async_save=config.checkpoint.async_save)
+  writer = MetricWriter(workdir)
+  metadata = {"config": json.loads(config.to_json_best_effort()), "dataset_statistics": dataset_statistics(handles),
+              "code": code_version(), "mesh": dict(mesh.shape)}
+  setup, step, last, preempted, guard = None, 0, {}, False, None
+  try:
+    setup = build(config, mesh)
+    resumed_from = checkpointer.latest_step()
+    if resumed_from is not None:
+      setup.state, _ = checkpointer.restore(resumed_from, setup.abstract_state, data_iter=data_iter)
+      step = resumed_from
+      log.info("resumed from checkpoint at rollout step %d", resumed_from)
+      writer.write(resumed_from, {}, event="resumed")
+    from tqdm.auto import tqdm
+    progress = tqdm(total=num_steps, initial=step, desc="grpo", disable=jax.process_index() != 0,
+                    dynamic_ncols=True, mininterval=1.0)
+    with PreemptionGuard() as guard:
+      while step < num_steps:
+        if guard.should_stop():
+          preempted = True
+          break
+        batch = next(data_iter)
+        prompts = prompts_from_batch(batch, pad_targets_to=config.rollout.max_new_tokens)
+        step += 1
+        last = rollout_step(config, setup, mesh, prompts, step)
+        if step % config.train.log_every == 0 or step == num_steps:
+          writer.write(step, last)
+        progress.set_postfix({k: f"{last[k]:.3g}" for k in ("accuracy_reward", "format_reward", "kl") if k in last})
+        progress.update(1)
+        checkpointer.save(step, setup.state, data_iter=data_iter, metadata=metadata)
+    progress.close()
+    checkpointer.save(step, setup.state, data_iter=data_iter, metadata=metadata, force=True)
+    checkpointer.wait()
+    if preempted:
+      log.warning("stopped by %s at rollout step %d; checkpoint saved", guard.signal_name, step)
+      writer.write(step, {}, event="preempted", signal=guard.signal_name)
+    exported = None
+    if not preempted and export_dir(config, workdir):
+      exported = _export(setup, export_dir(config, workdir))
+  finally:
+    checkpointer.close()
+    writer.close()
+  return {"step": step, "preempted": preempted, "hf_dir": exported, **last}
+
+
+def _export(setup: GRPOSetup, out_dir: str) -> str:
+  params = jax.tree.map(_host, setup.state.params)
+  if jax.process_index() == 0:
+    backbone_io.export_hf(params, setup.backbone, out_dir)
+  multihost_utils.sync_global_devices("grpo_export") if jax.process_count() > 1 else None
+  return out_dir
