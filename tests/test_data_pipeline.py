@@ -324,3 +324,19 @@ def test_convert_cli(fixture_dirs, tmp_path):
   run = subprocess.run([sys.executable, os.path.join(repo, "launch", "convert_rlds.py"), f"--out_dir={out}",
                         "--spec=libero", "--validate_only"], capture_output=True, text=True, timeout=300)
   assert run.returncode != 0 and "expected (256, 256, 3) as published for libero" in run.stderr
+
+
+def test_observation_history(fixture_dirs, tmp_path):
+  config = config_for(fixture_dirs, tmp_path, ("calvin",), history=3, augment=False)
+  handles = pipeline.open_datasets(config)
+  reader = pipeline.StepReader(handles, config, train=False)
+  first = reader(0, 0, 0)  # step 0 of the first episode: two frames before the start
+  assert first["images"].shape == (2, 3, 224, 224, 3) and first["state"].shape == (3, 15)
+  np.testing.assert_array_equal(first["observation_mask"], [False, False, True])
+  np.testing.assert_array_equal(first["images"][:, 0], first["images"][:, 2])
+  later = reader(0, 5, 0)
+  assert later["observation_mask"].all()
+  np.testing.assert_array_equal(later["images"][:, 2], reader(0, 5, 1)["images"][:, 2])
+  np.testing.assert_array_equal(later["images"][:, 1], reader(0, 4, 0)["images"][:, 2])
+  batch = next(iter(data.make_dataset(config, process_index=0, process_count=1)))
+  assert batch["images"].shape == (4, 2, 3, 224, 224, 3)
