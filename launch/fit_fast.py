@@ -3,14 +3,19 @@
 From an array of chunks (float [N, H, D], normalised to [-1, 1], saved with `np.save`):
   python launch/fit_fast.py --chunks=bridge_chunks.npy --out=runs/fast_bridge --vocab_size=2048 --scale=10
 
+Or through the data pipeline, from RLDS datasets (every step's chunk, normalised with the
+dataset's q01/q99 statistics exactly as training normalises them):
+  python launch/fit_fast.py --dataset=bridge:/data/bridge_dataset/1.0.0 --horizon=16 --out=runs/fast_bridge
+
 Prints the vocabulary size, mean tokens per chunk, the compression ratio (H·D coefficients per
 token) and the round-trip error, and writes the tokenizer directory (`FASTTokenizer.load`s it).
-`--dataset` (fitting through the data pipeline, saved next to the dataset statistics) waits for
-`roboalign_jax.data`; until then export the chunks to .npy.
+With --dataset, the statistics the chunks were normalised with are saved beside the tokenizer
+(`dataset_statistics.json`), so the pair travels together.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -19,7 +24,10 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("chunks", None, ".npy file of normalised action chunks, float [N, H, D].")
-flags.DEFINE_string("dataset", None, "Dataset spec to draw chunks from (needs the data pipeline; not available yet).")
+flags.DEFINE_multi_string("dataset", [], "SPEC:PATH of an RLDS dataset to draw chunks from (repeatable), "
+                          "e.g. libero:/data/libero_10_no_noops/1.0.0.")
+flags.DEFINE_integer("horizon", 16, "Action chunk length H when fitting from --dataset.")
+flags.DEFINE_string("cache_dir", "", "Step-index/statistics cache for --dataset (default: the data pipeline's).")
 flags.DEFINE_string("out", None, "Directory to write the tokenizer to.", required=True)
 flags.DEFINE_integer("vocab_size", 2048, "BPE vocabulary size (RoboAlign: 2048, one <action_k> token per id).")
 flags.DEFINE_float("scale", 10.0, "DCT coefficients are multiplied by this before rounding.")
@@ -69,14 +77,34 @@ def fit(chunks: np.ndarray, out: str, vocab_size: int, scale: float, max_chunks:
   }
 
 
+def dataset_chunks(specs: list[str], horizon: int, cache_dir: str) -> tuple[np.ndarray, dict]:
+  """Normalised chunks [N, horizon, 7] of every step of the given `SPEC:PATH` datasets, and the
+  statistics they were normalised with."""
+  from roboalign_jax import data
+  from roboalign_jax.data.pipeline import action_chunks, dataset_statistics
+  entries = []
+  for item in specs:
+    spec, sep, path = item.partition(":")
+    if not sep or not path:
+      raise app.UsageError(f"--dataset={item}: expected SPEC:PATH with SPEC in {sorted(data.SPECS)}")
+    entries.append(data.dataset_entry(spec, path))
+  handles = data.open_datasets(data.data_config(datasets=entries, cache_dir=cache_dir, action_horizon=horizon))
+  return action_chunks(handles, horizon), dataset_statistics(handles)
+
+
 def main(argv):
   del argv
-  if FLAGS.dataset is not None:
-    raise app.UsageError("--dataset needs the data pipeline (roboalign_jax.data), which does not exist yet; "
-                         "export normalised chunks to .npy and pass --chunks")
-  if FLAGS.chunks is None:
-    raise app.UsageError("pass --chunks=FILE.npy (float [N, H, D] normalised action chunks)")
-  stats = fit(load_chunks(FLAGS.chunks), FLAGS.out, FLAGS.vocab_size, FLAGS.scale, FLAGS.max_chunks, FLAGS.seed)
+  if bool(FLAGS.dataset) == (FLAGS.chunks is not None):
+    raise app.UsageError("pass exactly one of --chunks=FILE.npy (float [N, H, D] normalised action chunks) "
+                         "or --dataset=SPEC:PATH")
+  if FLAGS.dataset:
+    chunks, statistics = dataset_chunks(FLAGS.dataset, FLAGS.horizon, FLAGS.cache_dir)
+  else:
+    chunks, statistics = load_chunks(FLAGS.chunks), None
+  stats = fit(chunks, FLAGS.out, FLAGS.vocab_size, FLAGS.scale, FLAGS.max_chunks, FLAGS.seed)
+  if statistics is not None:
+    with open(os.path.join(FLAGS.out, "dataset_statistics.json"), "w") as f:
+      json.dump(statistics, f, indent=2)
   for key, value in stats.items():
     print(f"{key:>26}: {value:.4g}" if isinstance(value, float) else f"{key:>26}: {value}")
   print(f"wrote {FLAGS.out}")
