@@ -67,11 +67,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.global_batch_size = 8
     config.data.image_size = (112, 112)  # 8x8 patches -> 16 image tokens
     config.data.max_seq_len = 288
-    config.data.action_horizon = 2
+    config.data.action_horizon = 1
     config.data.num_threads = 2
-    config.rollout.update(num_samples=4, max_new_tokens=36)
+    config.rollout.update(num_samples=4, max_new_tokens=28)
     config.grpo.update(num_prompts=8 * 40, update_batch_size=16, micro_batch_size=16)
-    config.optim.lr = 3e-4
+    config.optim.lr = 1e-3
     config.checkpoint.every_steps = 10
   if args.steps:
     config.train.num_steps = args.steps

@@ -119,7 +119,7 @@ def _allgather(x: np.ndarray) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=True))
 
 
-def prompts_from_batch(batch: dict[str, Any], pad_targets_to: int) -> Prompts:
+def prompts_from_batch(batch: dict[str, Any]) -> Prompts:
   """The data pipeline's GRPO batch (this process's rows) -> every process's prompts."""
   grid = np.asarray(batch["image_grid_thw"], np.int32)
   b = grid.shape[0]
@@ -131,8 +131,10 @@ def prompts_from_batch(batch: dict[str, Any], pad_targets_to: int) -> Prompts:
                      "set config.data.image_size so that every image is resized to one size")
   patches = int(np.prod(grid[0]))
   pixels = np.asarray(batch["pixel_values"], np.float32).reshape(b, patches, -1)
-  targets = np.full((b, pad_targets_to), -1, np.int32)
-  length = np.minimum(batch["target_length"], pad_targets_to)
+  length = np.asarray(batch["target_length"], np.int32)
+  # One width on every process, so the padded targets can be gathered.
+  width = int(_allgather(np.array([max(int(length.max()), 1)], np.int32)).max())
+  targets = np.full((b, width), -1, np.int32)
   for i in range(b):
     targets[i, :length[i]] = batch["target_fast_ids"][i][:length[i]]
   targets, length = _allgather(targets), _allgather(length)
@@ -431,7 +433,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           preempted = True
           break
         batch = next(data_iter)
-        prompts = prompts_from_batch(batch, pad_targets_to=config.rollout.max_new_tokens)
+        prompts = prompts_from_batch(batch)
         step += 1
         last = rollout_step(config, setup, mesh, prompts, step)
         if step % config.train.log_every == 0 or step == num_steps:
