@@ -40,7 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Prompts: the primary camera's current frame + instruction; no augmentation in RL.
   config.data = data_config(datasets=datasets, sample="grpo", fast_tokenizer_dir=args.fast,
                             global_batch_size=512, cameras=("primary",), history=1, augment=False,
-                            image_size=(224, 224), max_seq_len=384, num_threads=4, prefetch_buffer=1)
+                            image_size=(224, 224), max_seq_len=384)
   config.rollout = ml_collections.ConfigDict(dict(
       num_samples=5, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0))
   config.grpo = ml_collections.ConfigDict(dict(
@@ -68,7 +68,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.image_size = (112, 112)  # 8x8 patches -> 16 image tokens
     config.data.max_seq_len = 288
     config.data.action_horizon = 1
-    config.data.num_threads = 2
     config.rollout.update(num_samples=4, max_new_tokens=28)
     config.grpo.update(num_prompts=8 * 40, update_batch_size=16, micro_batch_size=16)
     config.optim.lr = 1e-3

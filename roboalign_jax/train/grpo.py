@@ -328,7 +328,8 @@ def build(config: ml_collections.ConfigDict, mesh) -> GRPOSetup:
 
 # ---- the loop ----------------------------------------------------------------------------------
 def rollout_step(config, setup: GRPOSetup, mesh, prompts: Prompts, step: int):
-  """Steps 1-5 of the module docstring for one rollout batch. Returns (state, record)."""
+  """Steps 1-5 of the module docstring for one rollout batch: advances `setup.state`, returns the
+  step's metrics record."""
   started = time.perf_counter()
   g, r = config.grpo, config.rollout
   rules = sharding_lib.as_rules(config.sharding.rules)
