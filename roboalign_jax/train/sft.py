@@ -175,8 +175,12 @@ def build(config: ml_collections.ConfigDict, mesh, num_steps: int, *, seed_param
 
   teacher_jit = {}
 
-  def teacher_eval(params, batch):
-    fp = sft_batches.frame_patches(np.asarray(jax.device_get(batch["image_grid_thw"])), mode)
+  def teacher_eval(params, host_batch):
+    """Held-out metrics of a whole batch every process holds (numpy) -> replicated scalars."""
+    fp = sft_batches.frame_patches(np.asarray(host_batch["image_grid_thw"]), mode)
+    sharding = sharding_lib.batch_sharding(mesh)
+    batch = {k: jax.make_array_from_callback(v.shape, sharding, lambda index, v=v: v[index])
+             for k, v in host_batch.items()}
     if fp not in teacher_jit:
       teacher_jit[fp] = jax.jit(lambda p, b: sft_loss(p, model, b, action_vocab=backbone.action_vocab,
                                                        frame_patches=fp)[1])

@@ -109,15 +109,20 @@ def response_metrics(tokens: np.ndarray, action_vocab, end_of_turn: int, fast_to
           "action_l1": l1.astype(np.float32)}
 
 
+def _host(x) -> np.ndarray:
+  """A global array (possibly spread over processes) -> the whole array on this host."""
+  if getattr(x, "is_fully_addressable", True):
+    return np.asarray(jax.device_get(x))
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def evaluate(params, *, model, eval_set: EvalSet, teacher_fn, action_vocab, fast_tokenizer, end_of_turn: int,
              max_new_tokens: int, mesh=None, rules=None) -> dict[str, float]:
-  """All held-out metrics as `eval/<name>` scalars. teacher_fn(params, batch) -> metric dict."""
-  from roboalign_jax.parallel import sharding as sharding_lib
+  """All held-out metrics as `eval/<name>` scalars. teacher_fn(params, host batch) -> metric dict."""
   from roboalign_jax.rl import rollout
   teacher: dict[str, list[float]] = {}
   for batch in eval_set.teacher:
-    if mesh is not None:
-      batch = sharding_lib.global_batch(batch, mesh)
     for key, value in jax.device_get(teacher_fn(params, batch)).items():
       teacher.setdefault(key, []).append(float(value))
   per_row: dict[str, list[np.ndarray]] = {}
@@ -128,8 +133,8 @@ def evaluate(params, *, model, eval_set: EvalSet, teacher_fn, action_vocab, fast
     out = rollout.generate(model, params, prompt["input_ids"], prompt["attention_mask"], prompt["pixel_values"],
                            grid, max_new_tokens=max_new_tokens, temperature=0.0, eos_token_id=end_of_turn,
                            mesh=mesh, rules=rules)
-    metrics = response_metrics(np.asarray(jax.device_get(out.tokens)), action_vocab, end_of_turn, fast_tokenizer,
-                               eval_set, slice(start, start + b))
+    metrics = response_metrics(_host(out.tokens), action_vocab, end_of_turn, fast_tokenizer, eval_set,
+                               slice(start, start + b))
     for key, value in metrics.items():
       per_row.setdefault(key, []).append(value)
     start += b
