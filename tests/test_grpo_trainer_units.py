@@ -137,3 +137,18 @@ def test_micro_batch_must_split_over_the_mesh():
   config = load_config("configs/grpo.py:tiny,init=/x,data=/y,fast=/z")
   with pytest.raises(ValueError, match="micro_batch_size=16 does not split over the mesh's data x fsdp = 3 ways"):
     grpo.check_config(config, data_parallel=3)
+
+
+def test_online_filtering_keeps_groups_with_different_rewards():
+  rewards = np.array([0.5, 0.5, 0.5, 1.0, 0.0, 0.5, 0.2, 0.2, 0.2], np.float32)
+  keep = grpo.informative_samples(rewards, 3)
+  np.testing.assert_array_equal(keep, [False] * 3 + [True] * 3 + [False] * 3)
+  prompts = grpo.Prompts(input_ids=np.arange(6).reshape(3, 2), attention_mask=np.ones((3, 2), np.int32),
+                         pixel_values=np.zeros((3, 1, 6), np.float32), image_grid_thw=np.ones((3, 3), np.int32),
+                         targets=[[1], [2], [3]])
+  tokens = np.arange(9 * 2).reshape(9, 2)
+  rows = grpo.training_rows(prompts, tokens, np.ones((9, 2), bool), np.arange(9.0), np.zeros((9, 2)),
+                            np.flatnonzero(keep), 3)
+  # The kept samples of prompt 1, each after its own prompt, in rollout order.
+  np.testing.assert_array_equal(rows["input_ids"], [[2, 3, 6, 7], [2, 3, 8, 9], [2, 3, 10, 11]])
+  np.testing.assert_array_equal(rows["advantages"], [3, 4, 5])

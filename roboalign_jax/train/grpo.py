@@ -144,6 +144,13 @@ def prompts_from_batch(batch: dict[str, Any]) -> Prompts:
                  targets=[targets[i, :length[i]].tolist() for i in range(len(length))])
 
 
+def informative_samples(rewards_: np.ndarray, group_size: int) -> np.ndarray:
+  """bool [B*G]: True for the samples of groups whose rewards are not all equal (the others have
+  zero advantage; online filtering drops them)."""
+  groups = np.asarray(rewards_).reshape(-1, group_size)
+  return np.repeat((groups != groups[:, :1]).any(axis=1), group_size)
+
+
 def training_rows(prompts: Prompts, tokens: np.ndarray, mask: np.ndarray, advantages: np.ndarray,
                   rollout_logprobs: np.ndarray, keep: np.ndarray, num_samples: int) -> dict[str, np.ndarray]:
   """Prompt + response sequences of the kept samples, in rollout order (host arrays, R rows).
@@ -348,8 +355,7 @@ def rollout_step(config, setup: GRPOSetup, mesh, prompts: Prompts, step: int):
   targets = [t for t in prompts.targets for _ in range(r.num_samples)]
   scores = rewards.score_responses(tokens, mask, targets, setup.backbone.tokenizer, setup.backbone.action_vocab)
   advantages = np.asarray(grpo_lib.group_advantages(scores["overall"], r.num_samples))
-  groups = scores["overall"].reshape(-1, r.num_samples)
-  informative = np.repeat((groups != groups[:, :1]).any(axis=1), r.num_samples)
+  informative = informative_samples(scores["overall"], r.num_samples)
   keep = np.flatnonzero(informative) if g.online_filtering else np.arange(tokens.shape[0])
 
   record = {"reward": scores["overall"].mean(), "accuracy_reward": scores["accuracy"].mean(),
