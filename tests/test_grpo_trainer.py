@@ -140,3 +140,23 @@ def test_resume_equals_uninterrupted(world, tmp_path):
     a, b = latest_per_step(want, key), latest_per_step(got, key)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4], key
     assert [a[s] for s in (3, 4)] == [b[s] for s in (3, 4)], key
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_exits_zero(world, tmp_path):
+  import signal
+  workdir = str(tmp_path / "preempted")
+  proc = launch_helpers.start(f"{world['spec']},steps=1000", workdir, f"--config.data.cache_dir={world['cache']}",
+                              "--config.data.progress=False", "--config.checkpoint.every_steps=1000")
+  launch_helpers.wait_for(lambda: len([r for r in read_metrics(workdir) if "reward" in r]) >= 2, 600,
+                          "two rollout steps", proc=proc)
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=300) == 0
+  records = read_metrics(workdir)
+  preempted = [r for r in records if r.get("event") == "preempted"]
+  assert len(preempted) == 1 and preempted[0]["signal"] == "SIGTERM"
+  stopped_at = preempted[0]["step"]
+  assert stopped_at == max(latest_per_step(records, "reward"))
+  # The one checkpoint is the one written on SIGTERM; no export for a stopped run.
+  assert sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()) == [stopped_at]
+  assert not os.path.exists(os.path.join(workdir, "hf"))
