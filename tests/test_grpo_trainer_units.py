@@ -152,3 +152,24 @@ def test_online_filtering_keeps_groups_with_different_rewards():
   # The kept samples of prompt 1, each after its own prompt, in rollout order.
   np.testing.assert_array_equal(rows["input_ids"], [[2, 3, 6, 7], [2, 3, 8, 9], [2, 3, 10, 11]])
   np.testing.assert_array_equal(rows["advantages"], [3, 4, 5])
+
+
+def test_rollouts_never_sample_vision_placeholders():
+  from roboalign_jax.models import qwen2_5_vl
+  from roboalign_jax.models.qwen2_5_vl import tiny
+  from roboalign_jax.rl import rollout
+  config = qwen2_5_vl.Qwen2_5_VLConfig.from_variant("tiny")
+  model, params = qwen2_5_vl.Qwen2_5_VL(config), tiny.random_params(config)
+  banned = grpo.vision_token_ids(config)
+  # A head that prefers the placeholders: without suppression greedy decoding picks one.
+  head = params["lm_head"]["kernel"]
+  params["lm_head"]["kernel"] = head.at[:, list(banned)].set(head[:, list(banned)] + 5.0 * jnp.sign(head.mean(1))[:, None])
+  ids = jnp.array([[20, 21, 22, 23]], jnp.int32)
+  free = rollout.generate(model, params, ids, max_new_tokens=6, temperature=0.0)
+  assert np.isin(np.asarray(free.tokens), banned).any()
+  for temperature in (0.0, 1.0):
+    out = rollout.generate(model, params, ids, max_new_tokens=6, temperature=temperature, num_samples=4,
+                           rng=jax.random.key(0), suppress_token_ids=banned)
+    assert not np.isin(np.asarray(out.tokens), banned).any()
+  with pytest.raises(ValueError, match="suppress_token_ids must be ids >= 0"):
+    rollout.generate(model, params, ids, max_new_tokens=2, temperature=0.0, suppress_token_ids=[-1])

@@ -55,7 +55,8 @@ class Rollout:
 def generate(model, params, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, *,
              max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
              num_samples: int = 1, rng=None, eos_token_id: int | Sequence[int] | None = None,
-             pad_token_id: int | None = None, mesh: Mesh | None = None, rules=None) -> Rollout:
+             pad_token_id: int | None = None, mesh: Mesh | None = None, rules=None,
+             suppress_token_ids: Sequence[int] = ()) -> Rollout:
   """Samples `num_samples` responses per prompt. See the module docstring.
 
   input_ids: int [B, T], left-padded (the last position is real in every row);
@@ -64,6 +65,9 @@ def generate(model, params, input_ids, attention_mask=None, pixel_values=None, i
   temperature > 0. eos_token_id: an id or a list of ids that end a row; None never stops early.
   pad_token_id: written after EOS (default: the model config's, else 0). mesh / rules: see
   the module docstring (rules default to `parallel.sharding.DEFAULT_RULES`).
+  suppress_token_ids: ids never sampled (e.g. the vision placeholders, which a full forward over
+  the response would read as image slots); like top-k / top-p this only filters the sampling
+  distribution, the returned log-probs stay under the unfiltered logits / temperature.
   """
   max_new_tokens = _positive_int(max_new_tokens, "max_new_tokens")
   num_samples = _positive_int(num_samples, "num_samples")
@@ -99,8 +103,11 @@ def generate(model, params, input_ids, attention_mask=None, pixel_values=None, i
     raise ValueError("generate: pixel_values and image_grid_thw must be given together")
 
   batch = input_ids.shape[0]
+  suppress = tuple(sorted({int(i) for i in suppress_token_ids}))
+  if any(i < 0 for i in suppress):
+    raise ValueError(f"generate: suppress_token_ids must be ids >= 0, got {suppress_token_ids!r}")
   static = dict(model=model, max_new_tokens=max_new_tokens, num_samples=num_samples, greedy=greedy,
-                top_k=int(top_k), use_top_p=top_p < 1, pad_id=int(pad_token_id))
+                top_k=int(top_k), use_top_p=top_p < 1, pad_id=int(pad_token_id), suppress=suppress)
   args = [params, input_ids, attention_mask, pixel_values, image_grid_thw,
           jnp.float32(temperature), jnp.float32(top_p), rng, eos]
   if mesh is None:
@@ -123,10 +130,11 @@ def generate(model, params, input_ids, attention_mask=None, pixel_values=None, i
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "num_samples", "greedy", "top_k",
-                                             "use_top_p", "pad_id", "mesh", "rules", "prefill_rules"))
+                                             "use_top_p", "pad_id", "mesh", "rules", "prefill_rules",
+                                             "suppress"))
 def _rollout(params, input_ids, attention_mask, pixel_values, image_grid_thw, temperature, top_p, rng, eos, *,
              model, max_new_tokens, num_samples, greedy, top_k, use_top_p, pad_id, mesh, rules,
-             prefill_rules) -> Rollout:
+             prefill_rules, suppress=()) -> Rollout:
   variables = {"params": params}
   b, t = input_ids.shape
   n = max_new_tokens
@@ -150,10 +158,11 @@ def _rollout(params, input_ids, attention_mask, pixel_values, image_grid_thw, te
                         rope_deltas=repeat(cache.rope_deltas))
 
   def choose(logits, step):
+    allowed = logits if not suppress else logits.at[..., jnp.asarray(suppress)].set(-jnp.inf)
     if greedy:
-      token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+      token = jnp.argmax(allowed, axis=-1).astype(jnp.int32)
     else:
-      scaled = logits / temperature
+      scaled = allowed / temperature
       if top_k:
         scaled = _top_k_filter(scaled, top_k)
       if use_top_p:

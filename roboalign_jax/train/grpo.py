@@ -192,6 +192,14 @@ def _this_process_rows(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return rows if count == 1 else {k: np.array_split(v, count)[jax.process_index()] for k, v in rows.items()}
 
 
+def vision_token_ids(model_config) -> tuple[int, ...]:
+  """Placeholder tokens of images and videos. Never sampled: in the full forward that recomputes
+  log-probs they would be read as image slots (taking other rows' image features and shifting
+  M-RoPE positions), so the recomputed log-probs would no longer be the sampler's."""
+  c = model_config
+  return (c.image_token_id, c.video_token_id, c.vision_start_token_id, c.vision_end_token_id)
+
+
 def _host(x) -> np.ndarray:
   """A (possibly multi-process) global array -> the whole array on every host."""
   if getattr(x, "is_fully_addressable", True):
@@ -348,7 +356,8 @@ def rollout_step(config, setup: GRPOSetup, mesh, prompts: Prompts, step: int):
   out = rollout.generate(setup.backbone.model, state.params, *inputs, max_new_tokens=r.max_new_tokens,
                          temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, num_samples=r.num_samples,
                          rng=jax.random.fold_in(state.rng, step), eos_token_id=setup.eos_ids,
-                         pad_token_id=setup.backbone.tokenizer.pad_token_id, mesh=mesh, rules=rules)
+                         pad_token_id=setup.backbone.tokenizer.pad_token_id, mesh=mesh, rules=rules,
+                         suppress_token_ids=vision_token_ids(setup.backbone.model.config))
   tokens, mask, sampled_logp = _host(out.tokens), _host(out.mask), _host(out.logprobs)
   rollout_seconds = time.perf_counter() - started
 
