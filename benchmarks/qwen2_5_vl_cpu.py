@@ -12,17 +12,10 @@ import argparse
 import functools
 import os
 import tempfile
-import time
 
 import numpy as np
+from timing import mean_seconds
 
-
-def _timeit(fn, iters):
-  fn()  # warm-up / compile
-  start = time.perf_counter()
-  for _ in range(iters):
-    fn()
-  return (time.perf_counter() - start) / iters
 
 
 def main():
@@ -69,7 +62,7 @@ def main():
 
   grad_fn = jax.jit(jax.value_and_grad(loss_fn))
   jargs = (params, jnp.asarray(ids), jnp.asarray(pixels), jnp.asarray(grid))
-  jax_fb = _timeit(lambda: jax.block_until_ready(grad_fn(*jargs)), args.iters)
+  jax_fb = mean_seconds(lambda: jax.block_until_ready(grad_fn(*jargs)), args.iters)
 
   tids = torch.as_tensor(ids, dtype=torch.long)
   tkw = dict(pixel_values=torch.as_tensor(pixels), image_grid_thw=torch.as_tensor(grid, dtype=torch.long),
@@ -81,7 +74,7 @@ def main():
     logits = hf(input_ids=tids, **tkw).logits[:, :-1]
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tids[:, 1:].reshape(-1))
     loss.backward()
-  torch_fb_s = _timeit(torch_fb, args.iters)
+  torch_fb_s = mean_seconds(torch_fb, args.iters)
   hf.eval()
 
   # ---- greedy decode ----
@@ -109,7 +102,7 @@ def main():
   p_ids[:, 19:] = rng.integers(20, 500, size=(b, pt - 19))
   p_pixels = rng.normal(size=(b * 64, config.vision.patch_dim)).astype(np.float32)
   gargs = (params, jnp.asarray(p_ids), jnp.asarray(p_pixels), jnp.asarray(p_grid))
-  jax_gen = _timeit(lambda: jax.block_until_ready(generate(*gargs)), args.iters)
+  jax_gen = mean_seconds(lambda: jax.block_until_ready(generate(*gargs)), args.iters)
   ours_tokens = np.asarray(generate(*gargs))
 
   tp = torch.as_tensor(p_ids, dtype=torch.long)
@@ -120,7 +113,7 @@ def main():
     with torch.no_grad():
       return hf.generate(input_ids=tp, attention_mask=torch.ones_like(tp), **gkw, do_sample=False,
                          max_new_tokens=steps, min_new_tokens=steps, pad_token_id=0)
-  torch_gen_s = _timeit(torch_gen, args.iters)
+  torch_gen_s = mean_seconds(torch_gen, args.iters)
   same = np.array_equal(torch_gen()[:, pt:].numpy(), ours_tokens)
 
   fb_tok = b * t

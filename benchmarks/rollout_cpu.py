@@ -13,17 +13,10 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
 
 import numpy as np
+from timing import mean_seconds
 
-
-def _timeit(fn, iters):
-  fn()  # warm-up / compile
-  start = time.perf_counter()
-  for _ in range(iters):
-    fn()
-  return (time.perf_counter() - start) / iters
 
 
 def main():
@@ -71,7 +64,7 @@ def main():
     out = rollout.generate(model, params, ids, mask, pixels, grid, max_new_tokens=n, temperature=1.0, top_p=1.0,
                            top_k=0, num_samples=g, rng=key)
     return jax.block_until_ready(out)
-  ours_s = _timeit(ours, args.iters)
+  ours_s = mean_seconds(ours, args.iters)
   out = ours()
   assert out.tokens.shape == (b * g, n) and bool(out.mask.all())
 
@@ -85,7 +78,7 @@ def main():
       seq = hf.generate(input_ids=tids, **tkw, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
                         num_return_sequences=g, max_new_tokens=n, min_new_tokens=n, pad_token_id=0)
     assert seq.shape == (b * g, t + n)
-  torch_s = _timeit(theirs, args.iters)
+  torch_s = mean_seconds(theirs, args.iters)
 
   tokens = b * g * n
   print(f"device: {jax.devices()[0].platform}, torch threads {args.threads}; {b} prompts x {g} samples, "
