@@ -3,7 +3,6 @@ fails with an error naming the field or variant and what is allowed."""
 
 import glob
 import os
-import subprocess
 
 import pytest
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from qwen2_5_vl_reference import TINY, hf_tiny, image_block, random_pixels, random_text
+from qwen2_5_vl_reference import hf_tiny, image_block, random_pixels, random_text
 from roboalign_jax.models import qwen2_5_vl
 
 

@@ -1,7 +1,6 @@
 """Vocabulary extension: action tokens added to the tokenizer, embedding / lm_head resized with
 mean-initialised rows, old behaviour unchanged, and the result round-trips through HF I/O."""
 
-import os
 
 import jax.numpy as jnp
 import numpy as np

@@ -29,13 +29,11 @@ import os
 import time
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec
 
 from roboalign_jax.parallel import mesh as mesh_lib
 from roboalign_jax.parallel import partitioned

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import ml_collections

@@ -34,7 +34,6 @@ the image grids (and in `generate`), so left padding gives the same result as no
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import flax.linen as nn
