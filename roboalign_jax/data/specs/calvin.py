@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from roboalign_jax.data.specs.common import (DatasetSpec, RawEpisode, StandardEpisode, image_feature,
-                                             instruction_of, require_finite, rlds_step_features)
+                                             rlds_step_features, standardize_image_wrist_state)
 
 STATIC_SHAPE = (200, 200, 3)
 GRIPPER_SHAPE = (84, 84, 3)
@@ -37,16 +37,8 @@ def features():
 
 
 def standardize(raw: RawEpisode) -> StandardEpisode:
-  actions = raw.fields["action"].astype(np.float32).copy()
-  states = raw.fields["observation/state"].astype(np.float32)
-  require_finite(raw, "action", actions)
-  require_finite(raw, "observation/state", states)
-  actions[:, 6] = np.where(actions[:, 6] > 0, -1.0, 1.0)  # +1 open -> -1 open
-  return StandardEpisode(
-      dataset=raw.dataset, episode=raw.index, actions=actions, states=states,
-      instruction=instruction_of(raw, "language_instruction"),
-      images={"primary": raw.images["observation/image"], "wrist": raw.images["observation/wrist_image"]},
-      step_ids=np.arange(len(actions), dtype=np.int32))
+  # CALVIN: +1 open -> common -1 open.
+  return standardize_image_wrist_state(raw, lambda g: np.where(g > 0, -1.0, 1.0))
 
 
 SPEC = DatasetSpec(

@@ -150,3 +150,19 @@ def binarize_open_amount(open_amount: np.ndarray) -> np.ndarray:
   if last_decided.size:
     out[last_decided[-1] + 1:] = decided[last_decided[-1]]
   return out
+
+
+def standardize_image_wrist_state(raw: RawEpisode, gripper: Callable[[np.ndarray], np.ndarray]) -> StandardEpisode:
+  """Standardises the OpenVLA-style layout LIBERO and community CALVIN share (`observation/image`,
+  `observation/wrist_image`, `observation/state`, `action`, `language_instruction`); `gripper`
+  maps the dataset's raw gripper column to the common +1 close / -1 open convention."""
+  actions = raw.fields["action"].astype(np.float32).copy()
+  states = raw.fields["observation/state"].astype(np.float32)
+  require_finite(raw, "action", actions)
+  require_finite(raw, "observation/state", states)
+  actions[:, 6] = gripper(actions[:, 6])
+  return StandardEpisode(
+      dataset=raw.dataset, episode=raw.index, actions=actions, states=states,
+      instruction=instruction_of(raw, "language_instruction"),
+      images={"primary": raw.images["observation/image"], "wrist": raw.images["observation/wrist_image"]},
+      step_ids=np.arange(len(actions), dtype=np.int32))

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from roboalign_jax.data.specs.common import (DatasetSpec, RawEpisode, StandardEpisode, image_feature,
-                                             instruction_of, require_finite, rlds_step_features)
+                                             rlds_step_features, standardize_image_wrist_state)
 
 IMAGE_SHAPE = (256, 256, 3)
 SUITES = ("libero_spatial_no_noops", "libero_object_no_noops", "libero_goal_no_noops", "libero_10_no_noops")
@@ -50,16 +50,8 @@ def to_dataset_orientation(image: np.ndarray) -> np.ndarray:
 
 
 def standardize(raw: RawEpisode) -> StandardEpisode:
-  actions = raw.fields["action"].astype(np.float32).copy()
-  states = raw.fields["observation/state"].astype(np.float32)
-  require_finite(raw, "action", actions)
-  require_finite(raw, "observation/state", states)
-  actions[:, 6] = np.where(actions[:, 6] >= 0, 1.0, -1.0)
-  return StandardEpisode(
-      dataset=raw.dataset, episode=raw.index, actions=actions, states=states,
-      instruction=instruction_of(raw, "language_instruction"),
-      images={"primary": raw.images["observation/image"], "wrist": raw.images["observation/wrist_image"]},
-      step_ids=np.arange(len(actions), dtype=np.int32))
+  # LIBERO already uses +1 close / -1 open; snap to the sign.
+  return standardize_image_wrist_state(raw, lambda g: np.where(g >= 0, 1.0, -1.0))
 
 
 SPEC = DatasetSpec(
