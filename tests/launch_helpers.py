@@ -47,3 +47,9 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.01, proc=
       raise AssertionError(f"process exited (rc={proc.returncode}) before {what}")
     time.sleep(interval)
   raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  """Steps of the finalised checkpoints in a run's workdir (Orbax's temporary dirs excluded)."""
+  path = os.path.join(workdir, "checkpoints")
+  return sorted(int(d) for d in os.listdir(path) if d.isdigit()) if os.path.isdir(path) else []

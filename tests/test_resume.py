@@ -19,12 +19,6 @@ CONFIG = f"configs/debug.py:tiny,steps={NUM_STEPS}"
 COMPARED = ("loss", "accuracy", "grad_norm", "lr", "batch_fingerprint", "eval/loss")
 
 
-def _checkpoint_steps(workdir):
-  path = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(path):
-    return []
-  return sorted(int(d) for d in os.listdir(path) if d.isdigit())
-
 
 def test_kill9_then_resume_equals_uninterrupted(tmp_path):
   reference_dir = str(tmp_path / "reference")
@@ -38,7 +32,7 @@ def test_kill9_then_resume_equals_uninterrupted(tmp_path):
   workdir = str(tmp_path / "killed")
   first = launch_helpers.start(CONFIG, workdir, *FLAGS)
   # Kill only once a checkpoint at step 300 or later is finalised, well before the run can finish.
-  launch_helpers.wait_for(lambda: any(s >= 300 for s in _checkpoint_steps(workdir)), 300,
+  launch_helpers.wait_for(lambda: any(s >= 300 for s in launch_helpers.checkpoint_steps(workdir)), 300,
                           "a checkpoint at step >= 300", proc=first)
   first.send_signal(signal.SIGKILL)
   first.wait()
@@ -74,7 +68,7 @@ def test_sigterm_checkpoints_and_exits_zero(tmp_path):
   stopped_at = preempted[0]["step"]
   assert stopped_at == max(latest_per_step(records, "loss"))
   # The only checkpoint is the one written on SIGTERM, at exactly the step reached.
-  assert _checkpoint_steps(workdir) == [stopped_at]
+  assert launch_helpers.checkpoint_steps(workdir) == [stopped_at]
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=1)
   assert checkpointer.read_metadata(stopped_at)["config"]["stage"] == "debug"
   checkpointer.close()

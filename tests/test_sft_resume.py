@@ -1,7 +1,6 @@
 """An SFT run killed with SIGKILL and started again continues exactly as an uninterrupted run:
 metrics and data order (batch fingerprints) agree step for step after the resume."""
 
-import os
 import signal
 
 import pytest
@@ -29,10 +28,6 @@ def _config():
           f"vqa={p['conversations']['vqa']},steps={NUM_STEPS}")
 
 
-def _checkpoint_steps(workdir):
-  path = os.path.join(workdir, "checkpoints")
-  return sorted(int(d) for d in os.listdir(path) if d.isdigit()) if os.path.isdir(path) else []
-
 
 def test_kill9_then_resume_equals_uninterrupted(tmp_path):
   reference_dir = str(tmp_path / "reference")
@@ -41,7 +36,7 @@ def test_kill9_then_resume_equals_uninterrupted(tmp_path):
 
   workdir = str(tmp_path / "killed")
   first = launch_helpers.start(_config(), workdir, *_flags())
-  launch_helpers.wait_for(lambda: any(s >= 10 for s in _checkpoint_steps(workdir)), 300,
+  launch_helpers.wait_for(lambda: any(s >= 10 for s in launch_helpers.checkpoint_steps(workdir)), 300,
                           "a checkpoint at step >= 10", proc=first)
   first.send_signal(signal.SIGKILL)
   first.wait()
