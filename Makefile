@@ -11,6 +11,9 @@ $(STAMP): setup.py
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q -e '.[test,tf]'
+	# GR00T N1.5 head reference for the action-head parity tests; its full dependency set (torch<2.11,
+	# transformers<5, datasets, ...) conflicts with ours, and the head modules need none of it.
+	$(VENV)/bin/python -m pip install -q --no-deps 'lerobot==0.4.4'
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -40,6 +40,10 @@ setup(
             "nbclient>=0.10,<1",
             "nbformat>=5.10,<6",
             "ipykernel>=6.29,<8",
+            # The GR00T N1.5 action head reference (parity tests): lerobot's groot/action_head modules
+            # need diffusers and lerobot.utils' draccus; lerobot itself is installed --no-deps (Makefile).
+            "diffusers>=0.35,<0.36",
+            "draccus==0.10.0",
         ],
         # TensorFlow is needed only to write or convert TFDS datasets, never in the training path.
         "tf": ["tensorflow-cpu>=2.21,<3"],

@@ -34,6 +34,8 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("norm", None),
     ("patch", None),
     ("conv", None),
+    ("embodiment", None),  # per-embodiment weight slots of the action head (gathered by id)
+    ("io", None),          # narrow robot-side widths: state, action, timestep features
 )
 
 
