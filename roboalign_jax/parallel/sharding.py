@@ -11,6 +11,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 LogicalRules = Sequence[tuple[str, Any]]
@@ -109,6 +110,18 @@ def global_batch(local_batch: Any, mesh: Mesh) -> Any:
           f"data x fsdp = {ways} ways; the global batch size must be a multiple of {ways}")
     return jax.make_array_from_process_local_data(sharding, x)
   return jax.tree.map(to_global, local_batch)
+
+
+def host_array(x: Any) -> np.ndarray:
+  """A (possibly multi-process) global array -> the whole array on this host."""
+  if getattr(x, "is_fully_addressable", True):
+    return np.asarray(jax.device_get(x))
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def host_tree(tree: Any) -> Any:
+  """`host_array` of every leaf (e.g. parameters before an export)."""
+  return jax.tree.map(host_array, tree)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -24,6 +24,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from roboalign_jax.models.sampling import token_logprobs
+
+# token_logprobs lives with the sampler (which scores its samples with it); the trainer recomputes
+# old and reference log-probs with the same function, reached from here.
+__all__ = ["GRPOLossConfig", "group_advantages", "low_var_kl", "policy_loss", "token_logprobs"]
+
 _LOG_RATIO_LIMIT = 20.0   # exp() stays finite, and gradients past it are zero
 _KL_LIMIT = 10.0
 
@@ -135,23 +141,6 @@ def policy_loss(logp, old_logp, ref_logp, advantages, mask, config) -> tuple[jax
       clip_frac_dual=fraction((adv < 0) & (surrogate > -adv * clip_dual)),
   )
   return loss, jax.tree.map(jax.lax.stop_gradient, metrics)
-
-
-def token_logprobs(logits, tokens, temperature=1.0) -> jax.Array:
-  """log softmax(logits / temperature) at `tokens`, in float32. Jit-able.
-
-  logits: float [..., V]; tokens: int [...] -> float32 [...]. temperature may be a Python
-  number or a traced scalar; temperature <= 0 (greedy decoding) scores under the untempered
-  logits, so greedy rollouts report ordinary model log-probs.
-  """
-  logits = jnp.asarray(logits, jnp.float32)
-  tokens = jnp.asarray(tokens)
-  if logits.shape[:-1] != tokens.shape:
-    raise ValueError(f"token_logprobs: logits {logits.shape} must be tokens' shape {tokens.shape} + [vocab]")
-  temperature = jnp.asarray(temperature, jnp.float32)
-  scaled = logits / jnp.where(temperature > 0, temperature, 1.0)
-  picked = jnp.take_along_axis(scaled, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
-  return picked - jax.nn.logsumexp(scaled, axis=-1)
 
 
 def _read_config(config: Any) -> tuple[float, float, float, float]:

@@ -14,6 +14,9 @@ import os
 import re
 from typing import Any
 
+import dataclasses
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,7 +24,7 @@ from flax import traverse_util
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from roboalign_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
+from roboalign_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig, TextConfig, VisionConfig
 from roboalign_jax.models.qwen2_5_vl.model import Qwen2_5_VL
 
 _INDEX = "model.safetensors.index.json"
@@ -163,7 +166,6 @@ def dummy_inputs(config: Qwen2_5_VLConfig):
 def params_from_hf_tensors(tensors: dict[str, np.ndarray], model: Qwen2_5_VL, dtype=jnp.float32,
                            source: str = "checkpoint") -> dict:
   """Maps HF tensors onto our tree, checking that every parameter is present with its shape."""
-  import flax.linen as nn
   expected = traverse_util.flatten_dict(nn.unbox(abstract_params(model)))
   tied = model.config.text.tie_word_embeddings
   flat, unexpected = {}, []
@@ -210,7 +212,6 @@ def load_pretrained(hf_dir: str, dtype=jnp.float32, compute_dtype=None, remat: b
 
 # ---- writing ----------------------------------------------------------------------------------
 def hf_tensors_from_params(params: dict, config: Qwen2_5_VLConfig) -> dict[str, np.ndarray]:
-  import flax.linen as nn
   flat = traverse_util.flatten_dict(nn.unbox(params))
   out = {}
   for path, value in flat.items():
@@ -262,7 +263,6 @@ FLAX_CONFIG = "roboalign_config.json"
 
 def save_flax(params: dict, config: Qwen2_5_VLConfig, out_dir: str) -> None:
   """Writes `params.safetensors` (keys are '/'-joined tree paths, our layout) + our config JSON."""
-  import flax.linen as nn
   os.makedirs(out_dir, exist_ok=True)
   flat = traverse_util.flatten_dict(nn.unbox(params), sep="/")
   save_file({k: np.ascontiguousarray(np.asarray(jax.device_get(v))) for k, v in flat.items()},
@@ -286,7 +286,6 @@ def load_flax(in_dir: str, dtype=None):
   dtype = dtype or jnp.dtype(stored)
   config = config.replace(dtype=dtype)
   model = Qwen2_5_VL(config, param_dtype=dtype)
-  import flax.linen as nn
   expected = traverse_util.flatten_dict(nn.unbox(abstract_params(model)))
   if set(expected) != set(flat):
     diff = sorted(set(expected) ^ set(flat))[:5]
@@ -298,14 +297,12 @@ def load_flax(in_dir: str, dtype=None):
 
 
 def config_to_json(config: Qwen2_5_VLConfig) -> dict:
-  import dataclasses
   d = dataclasses.asdict(config)
   d["dtype"] = jnp.dtype(config.dtype).name
   return d
 
 
 def config_from_json(d: dict) -> Qwen2_5_VLConfig:
-  from roboalign_jax.models.qwen2_5_vl.config import TextConfig, VisionConfig
   d = dict(d)
   text = TextConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("text").items()})
   vision = VisionConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("vision").items()})

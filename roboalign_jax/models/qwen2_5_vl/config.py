@@ -1,5 +1,5 @@
-"""Model configuration for Qwen2.5-VL: frozen dataclasses built from our variant table
-(`roboalign_jax.config.models.qwen2_5_vl`) or from an HF `config.json`, and written back to one.
+"""Model configuration for Qwen2.5-VL: frozen dataclasses built from the variant table below
+(`tiny`, `3b`, `7b`) or from an HF `config.json`, and written back to one.
 
 HF configs come in several layouts; `from_hf_dict` accepts all of them:
 flat (text fields at the top level, as on the Hub) or nested `text_config`; `rope_scaling`
@@ -107,16 +107,10 @@ class Qwen2_5_VLConfig:
   # ---- construction -------------------------------------------------------------------------
   @classmethod
   def from_variant(cls, variant: str, **overrides) -> "Qwen2_5_VLConfig":
-    """From `roboalign_jax.config.models.qwen2_5_vl(variant)` ("tiny", "3b", "7b")."""
-    from roboalign_jax.config import models as model_configs
-    c = model_configs.qwen2_5_vl(variant)
-    text = TextConfig(**{f.name: _tuple(c.text[f.name]) for f in dataclasses.fields(TextConfig)
-                         if f.name in c.text})
-    vision = VisionConfig(**{f.name: _tuple(c.vision[f.name]) for f in dataclasses.fields(VisionConfig)
-                             if f.name in c.vision})
-    ids = {k: c[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id",
-                             "vision_end_token_id", "bos_token_id", "eos_token_id", "pad_token_id")
-           if k in c}
+    """One of VARIANTS: "tiny" (CPU tests and demo), "3b", "7b" (the released models)."""
+    if variant not in VARIANTS:
+      raise ValueError(f"unknown Qwen2.5-VL variant {variant!r}; allowed: {list(VARIANTS)}")
+    text, vision, ids = VARIANTS[variant]
     return cls(text=text, vision=vision, **ids, **overrides).validate()
 
   @classmethod
@@ -204,3 +198,35 @@ class Qwen2_5_VLConfig:
 
 def _tuple(x):
   return tuple(x) if isinstance(x, (list, tuple)) else x
+
+
+# ---- variants ----------------------------------------------------------------------------------
+# The 3b/7b numbers are those of Qwen/Qwen2.5-VL-{3B,7B}-Instruct; their parameter counts
+# (3,754,622,976 and 8,292,166,656) are checked by the backbone tests with `jax.eval_shape`.
+# Token ids are fixed by the Qwen2.5-VL tokenizer; the processor expands each image pad into
+# t*h*w/4 copies between vision_start and vision_end.
+_QWEN_TOKEN_IDS = dict(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652,
+                       vision_end_token_id=151653)
+# The tiny tokenizer (`tiny.py`) keeps Qwen's special tokens in Qwen's order from id 0
+# (<|endoftext|> 0, <|im_start|> 1, <|im_end|> 2, ..., <|video_pad|> 13): Qwen id - 151643.
+_TINY_TOKEN_IDS = dict(image_token_id=12, video_token_id=13, vision_start_token_id=9, vision_end_token_id=10,
+                       bos_token_id=0, eos_token_id=2, pad_token_id=0)
+_RELEASED_VISION = dict(depth=32, hidden_size=1280, num_heads=16, intermediate_size=3420,
+                        fullatt_block_indexes=(7, 15, 23, 31))
+
+VARIANTS: dict[str, tuple[TextConfig, VisionConfig, dict]] = {
+    "7b": (TextConfig(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                      intermediate_size=18944, vocab_size=152064, tie_word_embeddings=False),
+           VisionConfig(**_RELEASED_VISION, out_hidden_size=3584), _QWEN_TOKEN_IDS),
+    "3b": (TextConfig(hidden_size=2048, num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2,
+                      intermediate_size=11008, vocab_size=151936, tie_word_embeddings=True),
+           VisionConfig(**_RELEASED_VISION, out_hidden_size=2048), _QWEN_TOKEN_IDS),
+    # Small enough for a 2-core CPU; keeps every structural feature of the real models (GQA,
+    # window + full attention blocks, M-RoPE sections, untied head). Vocabulary: the tiny byte-level
+    # BPE of `tiny.py` (1024 ids), so CPU demos can afford full logits.
+    "tiny": (TextConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                        intermediate_size=128, vocab_size=1024, tie_word_embeddings=False, mrope_section=(2, 3, 3),
+                        max_position_embeddings=4096),
+             VisionConfig(depth=4, hidden_size=32, num_heads=2, intermediate_size=64, out_hidden_size=64,
+                          fullatt_block_indexes=(1, 3)), _TINY_TOKEN_IDS),
+}

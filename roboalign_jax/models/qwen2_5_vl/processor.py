@@ -38,6 +38,8 @@ def _images_in(messages: Sequence[dict]) -> list[Any]:
 
 
 class Processor:
+  image_placeholder = IMAGE_PAD  # one per image in rendered text; expanded to the image's tokens
+
   def __init__(self, tokenizer, image_processor: ImageProcessor | None = None):
     self.tokenizer = tokenizer
     self.image_processor = image_processor or ImageProcessor()
@@ -48,7 +50,7 @@ class Processor:
 
   @classmethod
   def from_pretrained(cls, hf_dir: str) -> "Processor":
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: heavy, and imports torch when installed
     return cls(AutoTokenizer.from_pretrained(hf_dir), ImageProcessor.from_pretrained(hf_dir))
 
   def render(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:

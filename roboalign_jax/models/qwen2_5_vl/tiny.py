@@ -7,7 +7,7 @@ by our own `save_pretrained` (no torch, no Hub).
     model, params = qwen2_5_vl.load_pretrained("/tmp/qwen_tiny")
 
 The special tokens take ids 0..13 in Qwen's order (Qwen id - 151643), matching the `tiny`
-variant of `roboalign_jax.config.models.qwen2_5_vl`.
+variant of `config.VARIANTS`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,14 @@ from __future__ import annotations
 import json
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from roboalign_jax.models.qwen2_5_vl.checkpoint_io import dummy_inputs, save_pretrained
+from roboalign_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
+from roboalign_jax.models.qwen2_5_vl.model import Qwen2_5_VL
 
 # Qwen2.5's added tokens from <|endoftext|> (151643) to <|video_pad|> (151656), in order.
 SPECIAL_TOKENS = (
@@ -90,6 +95,7 @@ def _corpus() -> list[str]:
 
 def write_tokenizer(out_dir: str, vocab_size: int = TINY_VOCAB_SIZE) -> None:
   """Trains a byte-level BPE with Qwen's pre-tokenizer and writes it as a Qwen2 tokenizer."""
+  # Lazy: transformers is heavy (and imports torch when installed); only writing a tiny tokenizer needs it.
   from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
   from transformers import AddedToken, Qwen2Tokenizer
   from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
@@ -128,9 +134,6 @@ def write_image_processor_config(out_dir: str, max_pixels: int | None = None) ->
 
 def random_params(config, seed: int = 0, dtype=jnp.float32) -> dict:
   """HF-style random init (normal(0.02) weights, zero biases, unit norms) for our model."""
-  import flax.linen as nn
-  from roboalign_jax.models.qwen2_5_vl.checkpoint_io import dummy_inputs
-  from roboalign_jax.models.qwen2_5_vl.model import Qwen2_5_VL
   model = Qwen2_5_VL(config, param_dtype=dtype)
   return nn.unbox(jax.jit(model.init)(jax.random.key(seed), *dummy_inputs(config))["params"])
 
@@ -141,8 +144,6 @@ def write_checkpoint(out_dir: str, variant: str = "tiny", seed: int = 0, max_pix
   max_pixels bounds the image processor's resize (64 merged tokens per image by default) so
   CPU demos stay fast.
   """
-  from roboalign_jax.models.qwen2_5_vl.checkpoint_io import save_pretrained
-  from roboalign_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
   os.makedirs(out_dir, exist_ok=True)
   config = Qwen2_5_VLConfig.from_variant(variant)
   save_pretrained(random_params(config, seed), config, out_dir)

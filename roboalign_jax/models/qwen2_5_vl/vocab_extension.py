@@ -27,7 +27,7 @@ def add_action_tokens(tokenizer) -> ActionVocab:
     raise ValueError(f"tokenizer already has {len(present)} of the {len(strings)} action tokens "
                      f"(e.g. {present[:3]}); expected none or all")
   if not present:
-    from transformers import AddedToken
+    from transformers import AddedToken  # lazy: heavy, and imports torch when installed
     # Not "special": they stay visible when decoding with skip_special_tokens=True.
     tokenizer.add_tokens([AddedToken(s, special=False, normalized=False) for s in strings])
   return ActionVocab.from_tokenizer(tokenizer)
