@@ -40,6 +40,7 @@ flags.DEFINE_string("workdir", "", "Where to write the fixture (default: a tempo
 def breakdown(handles, config, fast, samples: int = 200) -> dict[str, float]:
   """Milliseconds per sample of each stage, measured in this process."""
   from roboalign_jax.data import chunking, image_transforms, normalization, pipeline
+  from roboalign_jax.data.collate import collate
   handle = handles[0]
   rng = np.random.default_rng(0)
   steps = rng.integers(0, handle.index.num_steps, samples)
@@ -81,7 +82,7 @@ def breakdown(handles, config, fast, samples: int = 200) -> dict[str, float]:
   examples = [reader(0, int(s), k) for k, s in enumerate(steps[:64])]
   start = time.perf_counter()
   for i in range(0, 64, 32):
-    pipeline.collate(examples[i:i + 32])
+    collate(examples[i:i + 32])
   out["collate"] = (time.perf_counter() - start) / 64 * 1e3
   return out
 

@@ -41,7 +41,10 @@ def data_config(datasets: Sequence[dict] = (), **overrides: Any) -> ml_collectio
   # What a sample is: "standard" (common format), "vla", "fast_sft" or "grpo" (see samples.py).
   config.sample = "standard"
   config.fast_tokenizer_dir = ""  # for fast_sft / grpo
-  config.processor_dir = ""  # a Qwen2.5-VL checkpoint dir; tokenises fast_sft / grpo samples when set
+  config.processor_dir = ""  # a backbone checkpoint dir; tokenises fast_sft / grpo / vla samples when set
+  config.model_family = "qwen2_5_vl"  # whose processor reads processor_dir (models/backbone.py)
+  # System turn of the prompts ("" = the sample kind's default, see samples.py).
+  config.system_prompt = ""
   config.max_seq_len = 0  # pad token sequences to this (0 = the longest in the batch)
   config.max_state_dim = 64
   config.max_action_dim = 32

@@ -46,7 +46,7 @@ def convert_to_array_record(in_dir: str, out_dir: str, *, overwrite: bool = Fals
                             progress: bool = True) -> str:
   """Copies the TFRecord dataset version directory `in_dir` to ArrayRecord shards in `out_dir`."""
   import tensorflow as tf  # reading TFRecord files only
-  from array_record.python import array_record_module
+  from array_record.python import array_record_module  # lazy: only conversion writes ArrayRecord
   info_path = os.path.join(in_dir, "dataset_info.json")
   if not os.path.isfile(info_path):
     raise FileNotFoundError(f"no dataset_info.json in {in_dir}; expected a TFDS dataset version directory")

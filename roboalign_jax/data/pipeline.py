@@ -17,14 +17,17 @@ import os
 from typing import Any
 
 import grain
+import jax
+from absl import flags
 import ml_collections
 import numpy as np
 
-from roboalign_jax.data import chunking, image_transforms, mixture, normalization, step_index
+from roboalign_jax.data import chunking, image_transforms, mixture, normalization, samples, step_index, transforms
+from roboalign_jax.data.conversations import ConversationSource
 from roboalign_jax.data.errors import SkipCounter
 from roboalign_jax.data.ordering import StepOrder
 from roboalign_jax.data.rlds_source import RLDSSource
-from roboalign_jax.data.specs import ACTION_DIM, get_spec
+from roboalign_jax.data.specs import get_spec
 
 EPOCHS = 10**6  # "forever" for training; Grain's mix needs finite parents
 
@@ -77,12 +80,14 @@ class StepReader:
     actions          float32 [horizon, 7]  normalised (gripper as is: +1 close, -1 open)
     action_mask      bool [horizon]  False past the episode end
     instruction      str;  dataset_id, episode, step  int32
+  Images, state and actions go through each dataset's `transforms.LayoutTransforms`, the ones a
+  policy serving this model applies to live observations; training views of third-person cameras
+  are augmented (crop, rotation, colour) instead of only resized.
   """
 
   def __init__(self, handles: list[DatasetHandle], data: ml_collections.ConfigDict, *, train: bool):
     self.sources = [h.source for h in handles]
     self.indices = [h.index for h in handles]
-    self.stats = [h.statistics for h in handles]
     self.cameras = tuple(data.cameras)
     self.size = tuple(data.image_size)
     self.horizon = int(data.action_horizon)
@@ -90,11 +95,11 @@ class StepReader:
     self.augment = bool(data.augment and train)
     self.seed = int(data.seed)
     self.state_dim = max(h.source.spec.state_dim for h in handles)
-    self.action_mask = normalization.action_mask(ACTION_DIM)
+    self.layouts = [layout_transforms(data, h, self.state_dim) for h in handles]
     self.augmentation = image_transforms.Augmentation()
 
   def __call__(self, dataset_id: int, step_id: int, position: int) -> dict[str, Any]:
-    source, stats = self.sources[dataset_id], self.stats[dataset_id]
+    source, layout = self.sources[dataset_id], self.layouts[dataset_id]
     episode_ids, steps = self.indices[dataset_id].locate([step_id])
     episode = source.episode(int(episode_ids[0]))
     t = int(steps[0])
@@ -113,31 +118,26 @@ class StepReader:
         if self.augment and camera != "wrist":
           images[v, k] = image_transforms.augment(image, self.size, rng, self.augmentation)
         else:
-          images[v, k] = image_transforms.resize(image, self.size)
-    state = np.zeros((self.history, self.state_dim), np.float32)
+          images[v, k] = layout.images.resize(image)
     native = source.spec.state_dim
-    state[:, :native] = normalization.normalize(episode.states[frames], stats.state)
+    state = layout.state({"state": episode.states[frames]})["state"]
     state_mask = np.arange(self.state_dim) < native
     actions, action_mask = chunking.action_chunk(episode.actions, t, self.horizon)
     return {
         "images": images, "image_mask": image_mask, "state": state, "state_mask": state_mask,
-        "observation_mask": frame_mask,
-        "actions": normalization.normalize(actions, stats.action, self.action_mask), "action_mask": action_mask,
-        "instruction": episode.instruction, "dataset_id": np.int32(dataset_id),
+        "observation_mask": frame_mask, "actions": layout.actions({"actions": actions})["actions"],
+        "action_mask": action_mask, "instruction": episode.instruction, "dataset_id": np.int32(dataset_id),
         "episode": np.int32(episode.episode), "step": np.int32(episode.step_ids[t]),
     }
 
 
-def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
-  """Stacks a list of examples: arrays along a new leading axis, strings (and other objects) into lists."""
-  out = {}
-  # Keys every example has: a mixture of robot and conversation samples shares the token fields.
-  keys = [k for k in examples[0] if all(k in e for e in examples[1:])]
-  for key in keys:
-    value = examples[0][key]
-    values = [e[key] for e in examples]
-    out[key] = np.stack(values) if isinstance(value, (np.ndarray, np.generic)) else values
-  return out
+def layout_transforms(data: ml_collections.ConfigDict, handle: DatasetHandle,
+                      state_width: int | None = None) -> transforms.LayoutTransforms:
+  """The transforms of `handle`'s layout for `data`'s image size and cameras, with its statistics."""
+  spec = handle.source.spec
+  return transforms.layout_transforms(spec, handle.statistics, image_size=data.image_size,
+                                      cameras=[c for c in data.cameras if c in spec.cameras],
+                                      state_width=state_width)
 
 
 def _positions(handles: list[DatasetHandle], data: ml_collections.ConfigDict, train: bool,
@@ -182,8 +182,6 @@ def make_dataset(data: ml_collections.ConfigDict, split: str = "train", *, proce
   Training streams repeat forever in a seeded order; other splits are one ordered pass (the last
   incomplete global batch is dropped). Batches are dicts of arrays (strings as lists).
   """
-  import jax
-  from roboalign_jax.data import samples
   train = split == "train"
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
@@ -194,7 +192,7 @@ def make_dataset(data: ml_collections.ConfigDict, split: str = "train", *, proce
   local = global_batch // process_count
   handles = handles if handles is not None else (open_datasets(data, split) if data.datasets else [])
   reader = StepReader(handles, data, train=train) if handles else None
-  builder = samples.make_builder(data, handles)
+  builder = samples.make_builder(data)
   conversations = _conversation_sources(data)
   if conversations and (data.sample != "fast_sft" or builder.tokenizing is None):
     raise ValueError("config.data.conversations are mixed in as tokenised SFT samples; set "
@@ -220,7 +218,6 @@ def make_dataset(data: ml_collections.ConfigDict, split: str = "train", *, proce
   read = grain.ReadOptions(num_threads=data.num_threads, prefetch_buffer_size=data.prefetch_buffer)
   stream = rows.map(build).to_iter_dataset(read)
   if data.num_workers > 0:
-    from absl import flags
     if not flags.FLAGS.is_parsed():
       # Grain's worker pool reads its absl flags; outside an absl app (tests, notebooks) they
       # would be unparsed, so use their defaults.
@@ -232,7 +229,6 @@ def make_dataset(data: ml_collections.ConfigDict, split: str = "train", *, proce
 
 def _conversation_sources(data: ml_collections.ConfigDict) -> list:
   """(ConversationSource, weight) for each entry of `data.conversations` ({path, weight, image_root})."""
-  from roboalign_jax.data.conversations import ConversationSource
   out = []
   for entry in data.get("conversations") or []:
     entry = dict(entry)
@@ -253,11 +249,11 @@ def action_chunks(handles: list[DatasetHandle], horizon: int) -> np.ndarray:
 
   What a FAST tokenizer is fitted on (`FASTTokenizer.fit(action_chunks(handles, H))`).
   """
-  mask = normalization.action_mask(ACTION_DIM)
   chunks = []
   for handle in handles:
+    normalize = transforms.action_normalizer(handle.statistics.action)
     for episode_id in handle.index.episodes:
       episode = handle.source.episode(int(episode_id))
-      normed = normalization.normalize(episode.actions, handle.statistics.action, mask)
+      normed = normalize({"actions": episode.actions})["actions"]
       chunks.extend(chunking.action_chunk(normed, t, horizon)[0] for t in range(len(normed)))
   return np.stack(chunks).astype(np.float32)

@@ -33,7 +33,7 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def _feature_paths(features) -> dict[str, Any]:
   """steps/... feature connectors by step path ("observation/state" -> Tensor)."""
-  import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds  # lazy: heavy, needed only for its builder and feature classes
   steps = features["steps"] if "steps" in features else None
   if steps is None:
     return {}
@@ -72,7 +72,7 @@ class RLDSSource:
     self._length = len(self._data_source())
 
   def _builder(self):
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # lazy: heavy, needed only for its builder and feature classes
     return tfds.builder_from_directory(self.path)
 
   def _check_features(self) -> None:
@@ -94,7 +94,7 @@ class RLDSSource:
 
   def _data_source(self):
     if self._source is None:
-      import tensorflow_datasets as tfds
+      import tensorflow_datasets as tfds  # lazy: heavy, needed only for its builder and feature classes
       skip = {}
       for path in getattr(self, "_image_paths", []):
         node = skip
@@ -119,7 +119,7 @@ class RLDSSource:
 
     Moving the directory keeps it; rewriting the data or changing the standardisation changes it.
     """
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # lazy: heavy, needed only for its builder and feature classes
     with open(os.path.join(self.path, "dataset_info.json")) as f:
       info = json.load(f)
     split_info = [s for s in info.get("splits", []) if s.get("name") == self.split]

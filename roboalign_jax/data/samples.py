@@ -6,12 +6,16 @@ Prompts (the RoboAlign ones):
   assistant (SFT only) "<action_start><action_k>...<action_end>" -- the FAST tokens of the
            normalised action chunk
 
+The system turn is `config.data.system_prompt` when set. GRPO prompts carry their target as a
+payload the configured reward reads (`{"fast_ids": [...]}` for RoboAlign's reward; see
+`rl/rewards.py`).
+
 Without a processor a sample is the conversation (`messages`, images inside as uint8 arrays)
-plus targets; with one (`config.data.processor_dir`, a Qwen2.5-VL checkpoint directory) it is
-also tokenised by the backbone's processor (chat template, image preprocessing, image-pad
-expansion) into model inputs. The tokenizer gets the action tokens appended if it lacks them,
-in the order `roboalign_jax.fast.vocab` defines, which is the order the model's vocabulary is
-extended in.
+plus targets; with one (`config.data.processor_dir`, a checkpoint directory of the backbone
+family `config.data.model_family`) it is also tokenised by the backbone's processor (chat
+template, image preprocessing, image-pad expansion) into model inputs. The tokenizer gets the
+action tokens appended if it lacks them, in the order `roboalign_jax.fast.vocab` defines, which
+is the order the model's vocabulary is extended in.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from roboalign_jax.data.pipeline import collate as collate_examples
+from roboalign_jax.data.collate import collate as collate_examples
+from roboalign_jax.fast import FASTTokenizer
 from roboalign_jax.fast.vocab import fast_ids_to_text
+from roboalign_jax.models import backbone as backbone_lib
 
 SYSTEM_PROMPT = "You are an embodied vision-language robotic assistant for multi-object manipulation."
 GRPO_SYSTEM_PROMPT = SYSTEM_PROMPT + (
@@ -69,11 +75,8 @@ def pad_to(rows: Sequence[np.ndarray], length: int, value: int, *, left: bool) -
 class Tokenizing:
   """Tokenises conversations with the backbone processor (shared by the builders)."""
 
-  def __init__(self, processor_dir: str, max_seq_len: int = 0):
-    from roboalign_jax.models.qwen2_5_vl.processor import Processor
-    from roboalign_jax.models.qwen2_5_vl.vocab_extension import add_action_tokens
-    self.processor = Processor.from_pretrained(processor_dir)
-    self.action_vocab = add_action_tokens(self.processor.tokenizer)
+  def __init__(self, processor_dir: str, max_seq_len: int = 0, family: str = "qwen2_5_vl"):
+    self.processor, self.action_vocab = backbone_lib.load_processor(family, processor_dir)
     self.max_seq_len = max_seq_len
 
   def prompt(self, messages: list[dict], images: list) -> dict:
@@ -91,7 +94,7 @@ class Tokenizing:
     and each assistant turn is tokenised separately (images expanded by the processor), so the
     mask follows the template exactly without character-offset bookkeeping.
     """
-    from roboalign_jax.models.qwen2_5_vl.processor import IMAGE_PAD
+    image_pad = self.processor.image_placeholder
     turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     if not turns or turns[-1] != len(messages) - 1:
       raise ValueError("conversation must end with an assistant turn to be supervised")
@@ -106,7 +109,7 @@ class Tokenizing:
       rendered = full
     ids, mask, vision, remaining = [], [], [], list(images)
     for text, supervised in pieces:
-      n_images = text.count(IMAGE_PAD)
+      n_images = text.count(image_pad)
       if n_images:
         out = self.processor(text, remaining[:n_images])
         remaining = remaining[n_images:]
@@ -150,11 +153,12 @@ class FastSFTBuilder:
   """Example -> FAST SFT sample: messages, fast_ids, and (with a processor) input_ids [T],
   loss_mask [T] (1 on the assistant turn: the action tokens, <action_end>'s turn end), vision inputs."""
 
-  system = SYSTEM_PROMPT
+  default_system = SYSTEM_PROMPT
 
-  def __init__(self, fast_tokenizer, tokenizing: Tokenizing | None = None):
+  def __init__(self, fast_tokenizer, tokenizing: Tokenizing | None = None, system: str = ""):
     self.fast = fast_tokenizer
     self.tokenizing = tokenizing
+    self.system = system or self.default_system
 
   def fast_ids(self, example: dict) -> list[int]:
     return self.fast.encode(example["actions"][None].astype(np.float32))[0]
@@ -177,29 +181,27 @@ class FastSFTBuilder:
 
 
 class GRPOPromptBuilder(FastSFTBuilder):
-  """Example -> GRPO prompt: messages (no answer), target FAST ids; with a processor, prompt
-  input_ids (left-padded in batches, for generation) and vision inputs. Batched targets:
-  target_fast_ids int32 [B, L] padded with -1, target_length int32 [B]."""
+  """Example -> GRPO prompt: messages (no answer) and `target`, the payload the reward reads
+  (`{"fast_ids": [int, ...]}`: the FAST ids of the normalised chunk); with a processor, prompt
+  input_ids (left-padded in batches, for generation) and vision inputs. Batched: `target` is a
+  list of B payloads."""
 
-  system = GRPO_SYSTEM_PROMPT
+  default_system = GRPO_SYSTEM_PROMPT
 
   def __call__(self, example: dict) -> dict:
     image = primary_image(example)
-    fast_ids = self.fast_ids(example)
     messages = fast_messages(image, example["instruction"], None, system=self.system)
-    sample = {"messages": messages, "target_fast_ids": fast_ids, "instruction": example["instruction"]}
+    sample = {"messages": messages, "target": {"fast_ids": [int(i) for i in self.fast_ids(example)]},
+              "instruction": example["instruction"]}
     if self.tokenizing is not None:
       sample.update(self.tokenizing.prompt(messages, [image]))
     return sample
 
   def collate(self, samples: list[dict]) -> dict:
-    targets = [np.asarray(s.pop("target_fast_ids"), np.int32) for s in samples]
-    out = {"target_fast_ids": pad_to(targets, max(len(t) for t in targets), -1, left=False),
-           "target_length": np.array([len(t) for t in targets], np.int32)}
     if self.tokenizing is None:
-      return {**collate_examples(samples), **out}
+      return collate_examples(samples)
     tokens, rest = _split(samples, TOKEN_KEYS)
-    return {**collate_examples(rest), **self.tokenizing.collate_tokens(tokens, left=True), **out}
+    return {**collate_examples(rest), **self.tokenizing.collate_tokens(tokens, left=True)}
 
 
 class VLABuilder:
@@ -211,9 +213,11 @@ class VLABuilder:
     instruction   str; with a processor also the backbone prompt (SFT prompt without the answer).
   """
 
-  def __init__(self, max_state_dim: int = 64, max_action_dim: int = 32, tokenizing: Tokenizing | None = None):
+  def __init__(self, max_state_dim: int = 64, max_action_dim: int = 32, tokenizing: Tokenizing | None = None,
+               system: str = ""):
     self.max_state_dim, self.max_action_dim = max_state_dim, max_action_dim
     self.tokenizing = tokenizing
+    self.system = system or SYSTEM_PROMPT
 
   def __call__(self, example: dict) -> dict:
     images = example["images"]
@@ -237,7 +241,7 @@ class VLABuilder:
               "instruction": example["instruction"]}
     if self.tokenizing is not None:
       present = [im for im, ok in zip(sample["images"], image_mask) if ok]
-      messages = [{"role": "system", "content": SYSTEM_PROMPT},
+      messages = [{"role": "system", "content": self.system},
                   {"role": "user", "content": [*({"type": "image", "image": im} for im in present),
                                                {"type": "text", "text": user_text(example["instruction"])}]}]
       sample.update(self.tokenizing.prompt(messages, present))
@@ -260,20 +264,20 @@ class StandardBuilder:
     return collate_examples(samples)
 
 
-def make_builder(data, handles=None) -> Any:
+def make_builder(data) -> Any:
   """The builder named by `data.sample`."""
-  del handles
-  tokenizing = Tokenizing(data.processor_dir, data.max_seq_len) if data.processor_dir else None
+  tokenizing = (Tokenizing(data.processor_dir, data.max_seq_len, data.get("model_family", "qwen2_5_vl"))
+                if data.processor_dir else None)
+  system = data.get("system_prompt", "")
   if data.sample == "standard":
     return StandardBuilder()
   if data.sample == "vla":
-    return VLABuilder(data.max_state_dim, data.max_action_dim, tokenizing)
+    return VLABuilder(data.max_state_dim, data.max_action_dim, tokenizing, system)
   if data.sample in ("fast_sft", "grpo"):
     if not data.fast_tokenizer_dir:
       raise ValueError(f"config.data.sample={data.sample!r} needs config.data.fast_tokenizer_dir "
                        "(a FAST tokenizer saved by FASTTokenizer.save)")
-    from roboalign_jax.fast import FASTTokenizer
     fast = FASTTokenizer.load(data.fast_tokenizer_dir)
     cls = FastSFTBuilder if data.sample == "fast_sft" else GRPOPromptBuilder
-    return cls(fast, tokenizing)
+    return cls(fast, tokenizing, system)
   raise ValueError(f"unknown config.data.sample {data.sample!r}; expected standard, vla, fast_sft or grpo")

@@ -23,16 +23,16 @@ from __future__ import annotations
 import numpy as np
 
 from roboalign_jax.data.errors import DataError
-from roboalign_jax.data.specs.common import (DatasetSpec, RawEpisode, StandardEpisode, binarize_open_amount,
-                                             image_feature, instruction_of, require_finite, rlds_step_features,
-                                             GRIPPER_CLOSE, GRIPPER_OPEN)
+from roboalign_jax.data.specs.common import (OPEN_AMOUNT, DatasetSpec, RawEpisode, StandardEpisode, image_feature,
+                                             instruction_of, require_finite, rlds_step_features, GRIPPER_CLOSE,
+                                             GRIPPER_OPEN)
 
 IMAGE_SHAPE = (256, 256, 3)
 OXE_IMAGE_SHAPE = (480, 640, 3)
 
 
 def features():
-  import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds  # lazy: heavy, needed only for its builder and feature classes
   observation = {f"image_{i}": image_feature(IMAGE_SHAPE) for i in range(4)}
   observation["state"] = tfds.features.Tensor(shape=(7,), dtype=np.float32)
   step = rlds_step_features(observation, tfds.features.Tensor(shape=(7,), dtype=np.float32), extra={
@@ -47,7 +47,7 @@ def features():
 
 
 def oxe_features():
-  import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds  # lazy: heavy, needed only for its builder and feature classes
   observation = {
       "image": image_feature(OXE_IMAGE_SHAPE),
       "state": tfds.features.Tensor(shape=(7,), dtype=np.float32),
@@ -84,7 +84,7 @@ def _clean(raw: RawEpisode, states: np.ndarray, gripper: np.ndarray, instruction
 def standardize(raw: RawEpisode) -> StandardEpisode:
   actions = raw.fields["action"]
   require_finite(raw, "action", actions)
-  gripper = binarize_open_amount(np.clip(actions[:, 6], 0.0, 1.0))
+  gripper = OPEN_AMOUNT.standardize_episode(actions[:, 6])
   return _clean(raw, raw.fields["observation/state"], gripper, instruction_of(raw, "language_instruction"),
                 {"primary": raw.images["observation/image_0"]})
 
@@ -102,11 +102,11 @@ SPEC = DatasetSpec(
     name="bridge", builder_name="bridge_dataset", features=features,
     cameras={"primary": ("observation/image_0", IMAGE_SHAPE)}, state_dim=7,
     required=("observation/image_0", "observation/state", "action", "language_instruction"),
-    standardize=standardize, description=__doc__)
+    standardize=standardize, gripper=OPEN_AMOUNT, description=__doc__)
 
 OXE_SPEC = DatasetSpec(
     name="bridge_oxe", builder_name="bridge", features=oxe_features,
     cameras={"primary": ("observation/image", OXE_IMAGE_SHAPE)}, state_dim=7,
     required=("observation/image", "observation/state", "observation/natural_language_instruction",
               "action/world_vector", "action/rotation_delta", "action/open_gripper"),
-    standardize=standardize_oxe, description=__doc__)
+    standardize=standardize_oxe, gripper=OPEN_AMOUNT, description=__doc__)

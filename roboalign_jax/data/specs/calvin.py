@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from roboalign_jax.data.specs.common import (DatasetSpec, RawEpisode, StandardEpisode, image_feature,
+from roboalign_jax.data.specs.common import (OPEN_POSITIVE, DatasetSpec, RawEpisode, StandardEpisode, image_feature,
                                              rlds_step_features, standardize_image_wrist_state)
 
 STATIC_SHAPE = (200, 200, 3)
@@ -23,7 +23,7 @@ GRIPPER_SHAPE = (84, 84, 3)
 
 
 def features():
-  import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds  # lazy: heavy, needed only for its builder and feature classes
   observation = {
       "image": image_feature(STATIC_SHAPE),
       "wrist_image": image_feature(GRIPPER_SHAPE),
@@ -38,7 +38,7 @@ def features():
 
 def standardize(raw: RawEpisode) -> StandardEpisode:
   # CALVIN: +1 open -> common -1 open.
-  return standardize_image_wrist_state(raw, lambda g: np.where(g > 0, -1.0, 1.0))
+  return standardize_image_wrist_state(raw, OPEN_POSITIVE)
 
 
 SPEC = DatasetSpec(
@@ -46,4 +46,4 @@ SPEC = DatasetSpec(
     cameras={"primary": ("observation/image", STATIC_SHAPE), "wrist": ("observation/wrist_image", GRIPPER_SHAPE)},
     state_dim=15, required=("observation/image", "observation/wrist_image", "observation/state", "action",
                             "language_instruction"),
-    standardize=standardize, description=__doc__)
+    standardize=standardize, gripper=OPEN_POSITIVE, description=__doc__)

@@ -18,6 +18,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from roboalign_jax.data.errors import DataError
+
 ACTION_DIM = 7
 GRIPPER_DIM = 6
 GRIPPER_CLOSE, GRIPPER_OPEN = 1.0, -1.0
@@ -66,70 +68,6 @@ class StandardEpisode:
     return len(self.actions)
 
 
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-  """A published RLDS layout and how to standardise it.
-
-  name: registry name ("bridge", "libero", ...); builder_name: the TFDS dataset name the
-  fixture writer uses; features: () -> tfds FeaturesDict of the published spec;
-  cameras: common camera name -> (step path of the image, (H, W, 3) as published);
-  required: step paths that must be present; standardize: RawEpisode -> StandardEpisode.
-  version: bumped whenever standardisation changes, so cached index/statistics are recomputed.
-  """
-  name: str
-  builder_name: str
-  features: Callable[[], Any]
-  cameras: Mapping[str, tuple[str, tuple[int, int, int]]]
-  state_dim: int
-  required: tuple[str, ...]
-  standardize: Callable[[RawEpisode], StandardEpisode]
-  version: str = "1"
-  description: str = ""
-
-
-def rlds_step_features(observation: dict, action, *, extra: dict | None = None):
-  """The RLDS episode structure shared by the published specs: steps + episode_metadata."""
-  import tensorflow_datasets as tfds  # the feature classes only; reading never needs TensorFlow
-  step = {
-      "observation": tfds.features.FeaturesDict(observation),
-      "action": action,
-      "discount": tfds.features.Scalar(dtype=np.float32),
-      "reward": tfds.features.Scalar(dtype=np.float32),
-      "is_first": tfds.features.Scalar(dtype=np.bool_),
-      "is_last": tfds.features.Scalar(dtype=np.bool_),
-      "is_terminal": tfds.features.Scalar(dtype=np.bool_),
-      **(extra or {}),
-  }
-  return step
-
-
-def image_feature(shape: tuple[int, int, int]):
-  import tensorflow_datasets as tfds
-  return tfds.features.Image(shape=shape, dtype=np.uint8, encoding_format="jpeg")
-
-
-def require_finite(raw: RawEpisode, path: str, values: np.ndarray, step_ids: np.ndarray | None = None) -> None:
-  """Raises DataError at the first step whose `values` row has NaN or inf."""
-  from roboalign_jax.data.errors import DataError
-  bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
-  if bad.any():
-    t = int(np.argmax(bad))
-    step = int(step_ids[t]) if step_ids is not None else t
-    raise DataError(f"{path} has a non-finite value {values[t].tolist()}; expected finite floats",
-                    dataset=raw.dataset, episode=raw.index, step=step)
-
-
-def instruction_of(raw: RawEpisode, path: str) -> str:
-  """The episode's instruction: the text at step 0 of `path`, which must be non-empty."""
-  from roboalign_jax.data.errors import DataError
-  texts = raw.fields[path]
-  text = texts[0].decode() if isinstance(texts[0], bytes) else str(texts[0])
-  if not text.strip():
-    raise DataError(f"{path} is empty; expected a non-empty language instruction",
-                    dataset=raw.dataset, episode=raw.index, step=0)
-  return text.strip()
-
-
 def binarize_open_amount(open_amount: np.ndarray) -> np.ndarray:
   """Continuous gripper open amount in [0, 1] -> {-1 (open), +1 (close)}.
 
@@ -152,7 +90,110 @@ def binarize_open_amount(open_amount: np.ndarray) -> np.ndarray:
   return out
 
 
-def standardize_image_wrist_state(raw: RawEpisode, gripper: Callable[[np.ndarray], np.ndarray]) -> StandardEpisode:
+def snap_to_sign(g: np.ndarray) -> np.ndarray:
+  """Gripper values -> {-1, +1} (0 counts as +1)."""
+  return np.where(np.asarray(g) >= 0, 1.0, -1.0).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class GripperConvention:
+  """How a dataset (and the robot it was recorded on) encodes the gripper action, with the maps to
+  and from the common convention (+1 close, -1 open).
+
+  to_common / from_common: per step, float [...] -> float32 [...] (values of the gripper column).
+  from_common snaps the model's continuous output to the dataset's discrete values.
+  episode_to_common: over a whole episode's column (may look ahead, as Bridge's binarisation
+  does); by default `to_common`.
+  """
+  name: str
+  to_common: Callable[[np.ndarray], np.ndarray]
+  from_common: Callable[[np.ndarray], np.ndarray]
+  episode_to_common: Callable[[np.ndarray], np.ndarray] | None = None
+
+  def standardize_episode(self, column: np.ndarray) -> np.ndarray:
+    return (self.episode_to_common or self.to_common)(column)
+
+
+# LIBERO (robosuite): +1 close / -1 open already; values are snapped to the sign.
+CLOSE_POSITIVE = GripperConvention("close_positive", to_common=snap_to_sign, from_common=snap_to_sign)
+# CALVIN: +1 open / -1 close.
+OPEN_POSITIVE = GripperConvention("open_positive",
+                                  to_common=lambda g: np.where(np.asarray(g) > 0, -1.0, 1.0).astype(np.float32),
+                                  from_common=lambda g: -snap_to_sign(g))
+# Bridge: gripper open amount in [0, 1]. Episodes are binarised looking ahead (see
+# binarize_open_amount); a single step is read at 0.5; the common value maps back to 1 (open) / 0.
+OPEN_AMOUNT = GripperConvention(
+    "open_amount", to_common=lambda g: np.where(np.asarray(g) > 0.5, GRIPPER_OPEN, GRIPPER_CLOSE).astype(np.float32),
+    from_common=lambda g: ((1.0 - snap_to_sign(g)) / 2).astype(np.float32),
+    episode_to_common=lambda g: binarize_open_amount(np.clip(g, 0.0, 1.0)))
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """A published RLDS layout and how to standardise it.
+
+  name: registry name ("bridge", "libero", ...); builder_name: the TFDS dataset name the
+  fixture writer uses; features: () -> tfds FeaturesDict of the published spec;
+  cameras: common camera name -> (step path of the image, (H, W, 3) as published);
+  required: step paths that must be present; standardize: RawEpisode -> StandardEpisode.
+  gripper: the dataset's gripper convention (standardisation maps it to the common one; a policy
+  maps its output back). version: bumped whenever standardisation changes, so cached
+  index/statistics are recomputed.
+  """
+  name: str
+  builder_name: str
+  features: Callable[[], Any]
+  cameras: Mapping[str, tuple[str, tuple[int, int, int]]]
+  state_dim: int
+  required: tuple[str, ...]
+  standardize: Callable[[RawEpisode], StandardEpisode]
+  gripper: GripperConvention = CLOSE_POSITIVE
+  version: str = "1"
+  description: str = ""
+
+
+def rlds_step_features(observation: dict, action, *, extra: dict | None = None):
+  """The RLDS episode structure shared by the published specs: steps + episode_metadata."""
+  import tensorflow_datasets as tfds  # the feature classes only; reading never needs TensorFlow
+  step = {
+      "observation": tfds.features.FeaturesDict(observation),
+      "action": action,
+      "discount": tfds.features.Scalar(dtype=np.float32),
+      "reward": tfds.features.Scalar(dtype=np.float32),
+      "is_first": tfds.features.Scalar(dtype=np.bool_),
+      "is_last": tfds.features.Scalar(dtype=np.bool_),
+      "is_terminal": tfds.features.Scalar(dtype=np.bool_),
+      **(extra or {}),
+  }
+  return step
+
+
+def image_feature(shape: tuple[int, int, int]):
+  import tensorflow_datasets as tfds  # the feature classes only (writing fixtures / converting)
+  return tfds.features.Image(shape=shape, dtype=np.uint8, encoding_format="jpeg")
+
+
+def require_finite(raw: RawEpisode, path: str, values: np.ndarray, step_ids: np.ndarray | None = None) -> None:
+  """Raises DataError at the first step whose `values` row has NaN or inf."""
+  bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+  if bad.any():
+    t = int(np.argmax(bad))
+    step = int(step_ids[t]) if step_ids is not None else t
+    raise DataError(f"{path} has a non-finite value {values[t].tolist()}; expected finite floats",
+                    dataset=raw.dataset, episode=raw.index, step=step)
+
+
+def instruction_of(raw: RawEpisode, path: str) -> str:
+  """The episode's instruction: the text at step 0 of `path`, which must be non-empty."""
+  texts = raw.fields[path]
+  text = texts[0].decode() if isinstance(texts[0], bytes) else str(texts[0])
+  if not text.strip():
+    raise DataError(f"{path} is empty; expected a non-empty language instruction",
+                    dataset=raw.dataset, episode=raw.index, step=0)
+  return text.strip()
+
+
+def standardize_image_wrist_state(raw: RawEpisode, gripper: GripperConvention) -> StandardEpisode:
   """Standardises the OpenVLA-style layout LIBERO and community CALVIN share (`observation/image`,
   `observation/wrist_image`, `observation/state`, `action`, `language_instruction`); `gripper`
   maps the dataset's raw gripper column to the common +1 close / -1 open convention."""
@@ -160,7 +201,7 @@ def standardize_image_wrist_state(raw: RawEpisode, gripper: Callable[[np.ndarray
   states = raw.fields["observation/state"].astype(np.float32)
   require_finite(raw, "action", actions)
   require_finite(raw, "observation/state", states)
-  actions[:, 6] = gripper(actions[:, 6])
+  actions[:, GRIPPER_DIM] = gripper.standardize_episode(actions[:, GRIPPER_DIM])
   return StandardEpisode(
       dataset=raw.dataset, episode=raw.index, actions=actions, states=states,
       instruction=instruction_of(raw, "language_instruction"),

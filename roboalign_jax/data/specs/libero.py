@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from roboalign_jax.data.specs.common import (DatasetSpec, RawEpisode, StandardEpisode, image_feature,
+from roboalign_jax.data.specs.common import (CLOSE_POSITIVE, DatasetSpec, RawEpisode, StandardEpisode, image_feature,
                                              rlds_step_features, standardize_image_wrist_state)
 
 IMAGE_SHAPE = (256, 256, 3)
@@ -30,7 +30,7 @@ SUITES = ("libero_spatial_no_noops", "libero_object_no_noops", "libero_goal_no_n
 
 
 def features():
-  import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds  # lazy: heavy, needed only for its builder and feature classes
   observation = {
       "image": image_feature(IMAGE_SHAPE),
       "wrist_image": image_feature(IMAGE_SHAPE),
@@ -51,7 +51,7 @@ def to_dataset_orientation(image: np.ndarray) -> np.ndarray:
 
 def standardize(raw: RawEpisode) -> StandardEpisode:
   # LIBERO already uses +1 close / -1 open; snap to the sign.
-  return standardize_image_wrist_state(raw, lambda g: np.where(g >= 0, 1.0, -1.0))
+  return standardize_image_wrist_state(raw, CLOSE_POSITIVE)
 
 
 SPEC = DatasetSpec(
@@ -59,4 +59,4 @@ SPEC = DatasetSpec(
     cameras={"primary": ("observation/image", IMAGE_SHAPE), "wrist": ("observation/wrist_image", IMAGE_SHAPE)},
     state_dim=8, required=("observation/image", "observation/wrist_image", "observation/state", "action",
                            "language_instruction"),
-    standardize=standardize, description=__doc__)
+    standardize=standardize, gripper=CLOSE_POSITIVE, description=__doc__)
