@@ -7,13 +7,19 @@
 Accuracy works on token ids (FAST ids read through `fast.vocab.ActionVocab`), never on
 detokenised text, which may drop special tokens. The format check reads the response text
 decoded with special tokens kept (`parse_response` produces both from sampled token ids).
+
+Rewards are pluggable: `config.grpo.reward` names an entry of REWARDS, a function
+`(ParsedResponse, target payload) -> {component: value, ..., "overall": value}`. The payload is
+what the prompt builder attached to the prompt (`{"fast_ids": [...]}` for "roboalign"; a letter
+for multiple-choice or a 2-D trajectory for the paper's ablations would be other payloads read
+by other entries). The trainer logs `reward` (overall) and `<component>_reward` per component.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -105,25 +111,50 @@ def parse_response(token_ids, tokenizer: Any, action_vocab: ActionVocab, mask=No
   return ParsedResponse(text=text, action_ids=action_vocab.extract_fast_ids(ids))
 
 
-def score_responses(tokens, mask, target_action_ids: Sequence[Sequence[int]], tokenizer: Any,
-                    action_vocab: ActionVocab) -> dict[str, np.ndarray]:
+def roboalign_score(response: ParsedResponse, target: Mapping[str, Any]) -> dict[str, float]:
+  """RoboAlign's reward of one parsed response against `{"fast_ids": [...]}`."""
+  if "fast_ids" not in target:
+    raise ValueError(f"the 'roboalign' reward needs a target payload with 'fast_ids', got keys {sorted(target)}")
+  return roboalign_reward(response.text, response.action_ids, target["fast_ids"])
+
+
+RewardFn = Callable[[ParsedResponse, Mapping[str, Any]], Mapping[str, float]]
+# config.grpo.reward -> the function scoring one response; every result holds "overall".
+REWARDS: dict[str, RewardFn] = {"roboalign": roboalign_score}
+
+
+def get_reward(name: str) -> RewardFn:
+  if name not in REWARDS:
+    raise ValueError(f"unknown config.grpo.reward {name!r}; registered rewards: {sorted(REWARDS)}")
+  return REWARDS[name]
+
+
+def score_responses(tokens, mask, targets: Sequence[Any], tokenizer: Any, action_vocab: ActionVocab,
+                    reward: str | RewardFn = "roboalign") -> dict[str, np.ndarray]:
   """Rewards of a batch of sampled responses.
 
-  tokens: int [N, T]; mask: bool [N, T]; target_action_ids: N FAST-id sequences (repeat each
-  prompt's target for its G samples). Returns {format, accuracy, overall, length}: float32 [N]
-  (length = number of masked-in tokens, EOS included).
+  tokens: int [N, T]; mask: bool [N, T]; targets: N payloads (repeat each prompt's for its G
+  samples); a plain sequence of ints stands for `{"fast_ids": ...}`. reward: a name in REWARDS or
+  a RewardFn. Returns float32 [N] arrays: every component the reward reports (for "roboalign":
+  format, accuracy, overall) and length (masked-in tokens, EOS included).
   """
   tokens, mask = np.asarray(tokens), np.asarray(mask).astype(bool)
   if tokens.ndim != 2 or mask.shape != tokens.shape:
     raise ValueError(f"score_responses: tokens and mask must both be [N, T], got {tokens.shape} and {mask.shape}")
-  if len(target_action_ids) != tokens.shape[0]:
-    raise ValueError(f"score_responses: {len(target_action_ids)} targets for {tokens.shape[0]} responses")
-  out = {k: np.zeros(tokens.shape[0], np.float32) for k in ("format", "accuracy", "overall", "length")}
-  for i, target in enumerate(target_action_ids):
+  if len(targets) != tokens.shape[0]:
+    raise ValueError(f"score_responses: {len(targets)} targets for {tokens.shape[0]} responses")
+  score = get_reward(reward) if isinstance(reward, str) else reward
+  out: dict[str, np.ndarray] = {}
+  for i, target in enumerate(targets):
+    if not isinstance(target, Mapping):
+      target = {"fast_ids": target}
     parsed = parse_response(tokens[i], tokenizer, action_vocab, mask[i])
-    for k, v in roboalign_reward(parsed.text, parsed.action_ids, target).items():
-      out[k][i] = v
-    out["length"][i] = mask[i].sum()
+    values = score(parsed, target)
+    if "overall" not in values:
+      raise ValueError(f"reward {reward!r} returned {sorted(values)}; it must include 'overall'")
+    for k, v in values.items():
+      out.setdefault(k, np.zeros(tokens.shape[0], np.float32))[i] = v
+  out["length"] = mask.sum(-1).astype(np.float32)
   return out
 
 
