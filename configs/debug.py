@@ -31,7 +31,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       frozen=()))
   config.train.num_steps = 300
   config.train.log_every = 10
-  config.train.eval_every = 100
+  # Loss and accuracy on held-out sequences (never trained on) every 100 steps and at the end.
+  config.evals.heldout = ml_collections.ConfigDict(dict(type="debug_heldout", every=100))
   config.checkpoint.every_steps = 100
   if args.variant == "wide":
     config.data.vocab_size = 4096

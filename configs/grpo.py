@@ -25,6 +25,7 @@ import ml_collections
 from roboalign_jax.config import args as config_args
 from roboalign_jax.config.base import base_config
 from roboalign_jax.data.config import data_config, dataset_entry
+from roboalign_jax.data.samples import GRPO_SYSTEM_PROMPT
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -32,6 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = base_config("grpo")
   config.variant = args.variant
   config.model = ml_collections.ConfigDict(dict(
+      family="qwen2_5_vl",    # backbone family (models/backbone.py registry)
       init_dir=args.init,     # HF directory of the Stage 1 model (tokenizer + image processor inside)
       param_dtype="float32",
       compute_dtype="",       # "" = param_dtype; "bfloat16" on accelerators
@@ -40,7 +42,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Prompts: the primary camera's current frame + instruction; no augmentation in RL.
   config.data = data_config(datasets=datasets, sample="grpo", fast_tokenizer_dir=args.fast,
                             global_batch_size=512, cameras=("primary",), history=1, augment=False,
-                            image_size=(224, 224), max_seq_len=384)
+                            image_size=(224, 224), max_seq_len=384, model_family=config.model.family,
+                            system_prompt=GRPO_SYSTEM_PROMPT)
   config.rollout = ml_collections.ConfigDict(dict(
       num_samples=5, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0))
   config.grpo = ml_collections.ConfigDict(dict(
@@ -48,6 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       update_batch_size=128,  # samples per optimiser step
       micro_batch_size=8,     # samples per forward/backward inside an update (gradients summed)
       clip_low=0.2, clip_high=0.3, clip_dual=3.0, kl_coef=1e-2,
+      reward="roboalign",     # rl/rewards.py REWARDS: (format + FAST-id prefix accuracy) / 2
       online_filtering=False,  # drop groups whose rewards are all equal before the update
       ))
   config.optim = ml_collections.ConfigDict(dict(

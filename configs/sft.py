@@ -38,6 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = base_config("sft")
   config.variant = args.variant
   config.model = ml_collections.ConfigDict(dict(
+      family="qwen2_5_vl",       # backbone family (models/backbone.py registry)
       init_dir=args.init,        # HF checkpoint dir; "" = random init of `variant` (tiny)
       variant=args.variant,      # shapes for random init
       param_dtype="float32",
@@ -52,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data = data_config(datasets=datasets, sample="fast_sft", fast_tokenizer_dir=args.fast,
                             processor_dir=args.processor or args.init, global_batch_size=128,
                             cameras=("primary",), history=1, image_size=(224, 224), max_seq_len=0,
-                            num_threads=8, prefetch_buffer=4)
+                            num_threads=8, prefetch_buffer=4, model_family=config.model.family)
   config.data.conversations = conversations
   config.sft = ml_collections.ConfigDict(dict(
       mixture=args.mixture,
@@ -66,7 +67,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # exactly this many (one compiled shape; an error if a batch holds more).
       images_per_batch=0,
       num_epochs=1.0))
-  config.eval = ml_collections.ConfigDict(dict(
+  # Held-out FAST metrics (teacher-forced and greedy; train/sft_eval.py) every 500 steps and at the end.
+  config.evals.heldout = ml_collections.ConfigDict(dict(
+      type="sft_heldout", every=500,
       datasets=[dataset_entry(args.spec, args.eval_data)] if args.eval_data else [],
       num_batches=4, batch_size=32,
       max_new_tokens=64))      # greedy decoding budget for the action answer
@@ -80,7 +83,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       only=False))      # True: export the latest checkpoint and exit (export on request)
   config.train.num_steps = 0  # 0 = sft.num_epochs over the mixture
   config.train.log_every = 10
-  config.train.eval_every = 500
   config.checkpoint.every_steps = 1000
 
   if args.variant == "7b":
@@ -95,9 +97,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # One compiled shape: on a CPU a recompile costs more than the padding it saves.
     config.data.max_seq_len = 192
     config.sft.images_per_batch = 32
-    config.eval.update(num_batches=2, batch_size=16, max_new_tokens=24)
+    config.evals.heldout.update(every=100, num_batches=2, batch_size=16, max_new_tokens=24)
     config.optim.update(lr=3e-3, weight_decay=0.0)
-    config.train.update(num_steps=200, log_every=10, eval_every=100)
+    config.train.update(num_steps=200, log_every=10)
     config.checkpoint.every_steps = 100
   if args.mixture == "language_only":
     config.data.datasets = []

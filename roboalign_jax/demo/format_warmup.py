@@ -23,8 +23,10 @@ import ml_collections
 import numpy as np
 import optax
 
+from roboalign_jax.data.pipeline import make_dataset
 from roboalign_jax.fast.vocab import ActionVocab
-from roboalign_jax.rl.grpo import token_logprobs
+from roboalign_jax.models import backbone as backbone_lib
+from roboalign_jax.models.sampling import token_logprobs
 
 DEFAULT_REASONING = "move"
 
@@ -51,13 +53,11 @@ def run(init_dir: str, data: ml_collections.ConfigDict, out_dir: str, *, steps: 
   """Trains the HF model in `init_dir` on `data`'s GRPO prompts (`data.sample == "grpo"`,
   prompts padded to `data.max_seq_len`) answered in the GRPO format; exports to `out_dir`.
   Returns the loss of every step."""
-  from roboalign_jax.data import make_dataset
-  from roboalign_jax.train import backbone_io
   if data.sample != "grpo" or data.max_seq_len <= 0:
     raise ValueError("format_warmup.run: data must be GRPO prompts (sample='grpo') padded to a fixed max_seq_len")
   if steps < 1:
     raise ValueError(f"format_warmup.run: steps must be >= 1, got {steps}")
-  backbone = backbone_io.load_backbone(init_dir)
+  backbone = backbone_lib.load_dir(init_dir, family_name=data.get("model_family", "qwen2_5_vl"))
   data = ml_collections.ConfigDict(data.to_dict())
   data.processor_dir = data.processor_dir or init_dir
   batches = iter(make_dataset(data, "train", process_index=0, process_count=1))
@@ -78,7 +78,7 @@ def run(init_dir: str, data: ml_collections.ConfigDict, out_dir: str, *, steps: 
     grid = batch["image_grid_thw"]
     params, opt_state, loss = step_fn(params, opt_state, batch, int(grid[0, 1] * grid[0, 2]))
     losses.append(float(loss))
-  backbone_io.export_hf(params, backbone, out_dir)
+  backbone.export(params, out_dir)
   return losses
 
 
@@ -89,7 +89,7 @@ def _sequences(batch: dict[str, Any], tokenizer, action_vocab: ActionVocab, resp
   answers = np.full((b, response_len), tokenizer.pad_token_id, np.int32)
   mask = np.zeros((b, response_len), np.float32)
   for i in range(b):
-    ids = response_ids(batch["target_fast_ids"][i][:batch["target_length"][i]], tokenizer, action_vocab, reasoning)
+    ids = response_ids(batch["target"][i]["fast_ids"], tokenizer, action_vocab, reasoning)
     if len(ids) > response_len:
       raise ValueError(f"format warm-up answer of {len(ids)} tokens exceeds response_len={response_len}")
     answers[i, :len(ids)] = ids

@@ -5,7 +5,7 @@ the action tokens), `fast_dir` (its FAST tokenizer), `fixtures` (fixture dataset
 spec name; GRPO prompts come from "bridge") and `data_config` (its `cache_dir` is reused). Run
 alone (`--stages=grpo`) it writes its own fixture, FAST tokenizer and tiny random backbone.
 
-Before RL the model gets `rl.format_warmup` (a short supervised warm-up on the GRPO answer format):
+Before RL the model gets `demo.format_warmup` (a short supervised warm-up on the GRPO answer format):
 the tiny SFT model answers with bare action tokens and never samples `<think>…</think><answer>…`,
 so its format reward would be 0 and GRPO would have nothing to reinforce. At paper scale Stage 1's
 reasoning data plays this part.
@@ -18,8 +18,14 @@ from typing import Any
 
 import numpy as np
 
+from roboalign_jax import data
 from roboalign_jax.config.overrides import load_config_file
+from roboalign_jax.data import pipeline
+from roboalign_jax.demo import format_warmup
 from roboalign_jax.eval import report
+from roboalign_jax.fast import FASTTokenizer
+from roboalign_jax.models import backbone as backbone_lib
+from roboalign_jax.train import grpo
 from roboalign_jax.train.metrics import latest_per_step, read_metrics
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -31,10 +37,6 @@ HORIZON = 1         # action steps per FAST target when the stage builds its own
 
 def _standalone_inputs(stage_dir: str) -> dict[str, Any]:
   """Fixture, FAST tokenizer and random tiny backbone, when no SFT stage ran before."""
-  from roboalign_jax import data
-  from roboalign_jax.data import pipeline
-  from roboalign_jax.fast import FASTTokenizer
-  from roboalign_jax.models.qwen2_5_vl import tiny
   root = os.path.join(stage_dir, "inputs")
   path = data.write_fixture("bridge", os.path.join(root, "rlds"), 4, 0, episode_length=(20, 26))
   cache = os.path.join(root, "cache")
@@ -42,7 +44,7 @@ def _standalone_inputs(stage_dir: str) -> dict[str, Any]:
                                                     progress=False, action_horizon=HORIZON))
   # Coarse (scale 5) and without merges (vocab = alphabet): one token per action dimension.
   FASTTokenizer.fit(pipeline.action_chunks(handles, HORIZON), vocab_size=16, scale=5.0).save(os.path.join(root, "fast"))
-  tiny.write_checkpoint(os.path.join(root, "random"))
+  backbone_lib.family("qwen2_5_vl").write_tiny(os.path.join(root, "random"))
   return {"start": os.path.join(root, "random"), "fast": os.path.join(root, "fast"), "bridge": path,
           "cache": cache, "source": "a random tiny backbone (the stage ran without the SFT stage)"}
 
@@ -62,8 +64,6 @@ def _mean(values: dict[int, float], steps) -> float:
 
 
 def run(context: dict[str, Any]):
-  from roboalign_jax.rl import format_warmup
-  from roboalign_jax.train import grpo
   workdir = context["workdir"]
   stage_dir = os.path.join(workdir, "grpo")
   inputs = _inputs(context, stage_dir)
@@ -105,7 +105,7 @@ def run(context: dict[str, Any]):
     images.append(os.path.basename(path))
   r, g = config.rollout, config.grpo
   text = (f"GRPO on {inputs['source']}, after {WARMUP_STEPS} supervised steps on the answer format "
-          f"(`rl.format_warmup`). {steps[-1]} rollout batches of {config.data.global_batch_size} fixture prompts x "
+          f"(`demo.format_warmup`). {steps[-1]} rollout batches of {config.data.global_batch_size} fixture prompts x "
           f"{r.num_samples} samples (temperature {r.temperature}, at most {r.max_new_tokens} new tokens), updates of "
           f"{g.update_batch_size} samples, lr {config.optim.lr}, KL coefficient {g.kl_coef}. Reward = (format + "
           f"prefix accuracy of the FAST ids) / 2. First/last values average {WINDOW} rollout batches. The policy is "

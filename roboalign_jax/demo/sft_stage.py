@@ -13,8 +13,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from roboalign_jax import data
 from roboalign_jax.config.overrides import load_config_file
+from roboalign_jax.data.conversations import write_conversation_fixture
+from roboalign_jax.data.pipeline import action_chunks
 from roboalign_jax.eval import report
+from roboalign_jax.fast import FASTTokenizer
+from roboalign_jax.models import backbone as backbone_lib
+from roboalign_jax.train import sft
+from roboalign_jax.train.metrics import latest_per_step, read_metrics
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # 112x112 images -> 8x8 patches -> 16 image tokens; the VQA images resize to the same grid.
@@ -24,12 +31,7 @@ FAST_VOCAB = 256  # the fixtures' few hundred chunks cannot fill the paper's 204
 
 def prepare(root: str, *, episodes: int = 24, heldout_episodes: int = 4) -> dict[str, Any]:
   """Writes the tiny processor, robot and conversation fixtures and fits FAST; returns the paths."""
-  from roboalign_jax import data
-  from roboalign_jax.data.conversations import write_conversation_fixture
-  from roboalign_jax.data.pipeline import action_chunks
-  from roboalign_jax.fast import FASTTokenizer
-  from roboalign_jax.models.qwen2_5_vl import tiny
-  processor_dir = tiny.write_checkpoint(os.path.join(root, "qwen_tiny"), max_pixels=IMAGE_PIXELS)
+  processor_dir = backbone_lib.family("qwen2_5_vl").write_tiny(os.path.join(root, "qwen_tiny"), max_pixels=IMAGE_PIXELS)
   fixtures = {"bridge": data.write_fixture("bridge", os.path.join(root, "fixtures"), episodes, seed=0),
               "bridge_heldout": data.write_fixture("bridge", os.path.join(root, "fixtures_heldout"),
                                                    heldout_episodes, seed=1)}
@@ -56,8 +58,6 @@ def sft_config(paths: dict[str, Any], steps: int = 0):
 
 
 def run(context: dict[str, Any]):
-  from roboalign_jax.train import sft
-  from roboalign_jax.train.metrics import latest_per_step, read_metrics
   workdir = context["workdir"]
   paths = prepare(os.path.join(workdir, "sft_data"))
   config = sft_config(paths)

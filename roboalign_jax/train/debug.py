@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
 from typing import Any
 
 import grain
@@ -25,9 +23,7 @@ from roboalign_jax.models.debug_lm import DebugLM
 from roboalign_jax.parallel import mesh as mesh_lib
 from roboalign_jax.parallel import partitioned
 from roboalign_jax.parallel import sharding as sharding_lib
-from roboalign_jax.train import loop
-from roboalign_jax.train.checkpoint import Checkpointer, code_version
-from roboalign_jax.train.metrics import MetricWriter
+from roboalign_jax.train import evaluators, loop
 from roboalign_jax.train.optimizer import make_optimizer
 from roboalign_jax.train.train_state import TrainState, apply_gradients
 
@@ -95,7 +91,9 @@ def train_step(state: TrainState, batch, *, model: DebugLM, tx, schedule):
 
 @dataclasses.dataclass
 class DebugSetup:
+  config: ml_collections.ConfigDict
   model: DebugLM
+  mesh: Any
   state: TrainState
   abstract_state: Any
   shardings: Any
@@ -125,7 +123,20 @@ def build(config: ml_collections.ConfigDict, mesh) -> DebugSetup:
     with sharding_lib.activation_context(mesh, rules):
       return eval_jit(params, batch)
 
-  return DebugSetup(model, state, abstract_state, shardings, step, evaluate)
+  return DebugSetup(config, model, mesh, state, abstract_state, shardings, step, evaluate)
+
+
+def make_heldout_evaluator(options: ml_collections.ConfigDict, setup: DebugSetup):
+  """`eval/loss`, `eval/accuracy` on `data.eval_examples` held-out sequences."""
+  del options
+  held_out = sharding_lib.global_batch(
+      eval_batch(setup.config.data, process_index=jax.process_index(), process_count=jax.process_count()),
+      setup.mesh)
+
+  def evaluate(state, step):
+    del step
+    return {f"eval/{k}": v for k, v in jax.device_get(setup.evaluate(state.params, held_out)).items()}
+  return evaluate
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -135,28 +146,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   data_iter = iter(make_dataset(config.data, global_batch_size=config.data.global_batch_size,
                                 process_index=jax.process_index(),
                                 process_count=jax.process_count()))
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
-                              every_steps=config.checkpoint.every_steps,
-                              max_to_keep=config.checkpoint.max_to_keep,
-                              async_save=config.checkpoint.async_save)
-  held_out = sharding_lib.global_batch(
-      eval_batch(config.data, process_index=jax.process_index(), process_count=jax.process_count()),
-      mesh)
-
-  def eval_fn(state, step):
-    del step
-    return {f"eval/{k}": v for k, v in jax.device_get(setup.evaluate(state.params, held_out)).items()}
-
-  writer = MetricWriter(workdir)
-  metadata = {"config": json.loads(config.to_json_best_effort()), "dataset_statistics": None,
-              "code": code_version(), "mesh": dict(mesh.shape)}
-  try:
-    result = loop.run(state=setup.state, abstract_state=setup.abstract_state, step_fn=setup.step,
-                      data_iter=data_iter, mesh=mesh, num_steps=config.train.num_steps,
-                      checkpointer=checkpointer, writer=writer, metadata=metadata,
-                      log_every=config.train.log_every, eval_fn=eval_fn,
-                      eval_every=config.train.eval_every, desc="debug")
-  finally:
-    checkpointer.close()
-    writer.close()
-  return {"step": result.step, "preempted": result.preempted, **result.last_metrics}
+  step = lambda state, batch, _: setup.step(state, sharding_lib.global_batch(batch, mesh))
+  return loop.run(config, workdir, mesh, loop.Stage(
+      name="debug", state=setup.state, abstract_state=setup.abstract_state, step=step, data_iter=data_iter,
+      num_steps=config.train.num_steps, evaluators=evaluators.build(config, setup)))

@@ -3,7 +3,8 @@
 One step = one rollout batch of `data.global_batch_size` prompts:
 
   1. sample G responses per prompt from the current policy (`rl.rollout.generate`, KV cache);
-  2. score them: reward = (format + prefix accuracy) / 2 (`rl.rewards.score_responses`, on ids);
+  2. score them with `config.grpo.reward` (`rl.rewards`; RoboAlign's (format + prefix accuracy) / 2
+     on token ids by default) against each prompt's target payload;
   3. group advantages over each prompt's G samples (`rl.grpo.group_advantages`); optionally drop
      groups whose rewards are all equal (their advantages are 0; they only dilute the token mean);
   4. recompute the old log-probs with the current params and the reference log-probs with the
@@ -13,10 +14,11 @@ One step = one rollout batch of `data.global_batch_size` prompts:
      micro-batches); an update with a non-finite gradient norm is skipped and counted.
 
 `train.num_steps` rollout batches make one epoch over `grpo.num_prompts` prompts unless set.
-Checkpoints (every `checkpoint.every_steps` rollout batches, and on SIGTERM) hold the policy's
-train state and the prompt iterator's position; the rollout RNG is `fold_in(state.rng, step)`,
-so a resumed run samples what an uninterrupted one would. The reference is re-read from
-`model.init_dir` on resume. At the end the policy is exported as an HF directory.
+The shared loop (`train/loop.py`) runs the rollout batches: checkpoints (every
+`checkpoint.every_steps` rollout batches, and on SIGTERM) hold the policy's train state and the
+prompt iterator's position; the rollout RNG is `fold_in(state.rng, step)`, so a resumed run
+samples what an uninterrupted one would. The reference is re-read from `model.init_dir` on
+resume. At the end the policy is exported as an HF directory.
 """
 
 from __future__ import annotations
@@ -35,17 +37,16 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
+from roboalign_jax.data.pipeline import dataset_statistics, make_dataset, open_datasets
+from roboalign_jax.models import backbone as backbone_lib
+from roboalign_jax.models import sampling
 from roboalign_jax.parallel import mesh as mesh_lib
 from roboalign_jax.parallel import partitioned
 from roboalign_jax.parallel import sharding as sharding_lib
 from roboalign_jax.rl import grpo as grpo_lib
-from roboalign_jax.rl import rewards, rollout
-from roboalign_jax.rl.rewards import END_OF_TURN_TOKENS
-from roboalign_jax.train import backbone_io
-from roboalign_jax.train.checkpoint import Checkpointer, code_version
-from roboalign_jax.train.metrics import MetricWriter
+from roboalign_jax.rl import rewards
+from roboalign_jax.train import loop
 from roboalign_jax.train.optimizer import make_optimizer
-from roboalign_jax.train.preemption import PreemptionGuard
 from roboalign_jax.train.train_state import TrainState, apply_gradients
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ def check_config(config: ml_collections.ConfigDict, data_parallel: int) -> None:
                      f"{data_parallel} ways")
   if config.rollout.temperature <= 0:
     raise ValueError(f"config.rollout.temperature={config.rollout.temperature}; GRPO samples, so it must be > 0")
+  rewards.get_reward(config.grpo.reward)
   grpo_lib._read_config(grpo_lib.GRPOLossConfig(g.clip_low, g.clip_high, g.clip_dual, g.kl_coef))
 
 
@@ -107,7 +109,7 @@ class Prompts:
   attention_mask: np.ndarray  # int32 [B, T]
   pixel_values: np.ndarray    # float32 [B, P, 1176]
   image_grid_thw: np.ndarray  # int32 [B, 3]
-  targets: list[list[int]]    # B target FAST-id sequences
+  targets: list[dict]         # B target payloads for the reward (e.g. {"fast_ids": [...]})
 
 
 def _allgather(x: np.ndarray) -> np.ndarray:
@@ -115,6 +117,20 @@ def _allgather(x: np.ndarray) -> np.ndarray:
   if jax.process_count() == 1:
     return np.asarray(x)
   return np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=True))
+
+
+def _allgather_objects(items: list) -> list:
+  """Every process's JSON-serialisable items, in process order; identity with one process."""
+  if jax.process_count() == 1:
+    return list(items)
+  encoded = [np.frombuffer(json.dumps(item).encode(), np.uint8) for item in items]
+  width = int(_allgather(np.array([max([len(e) for e in encoded] + [1])], np.int32)).max())
+  rows = np.zeros((len(items), width), np.uint8)
+  lengths = np.array([len(e) for e in encoded], np.int32)
+  for i, e in enumerate(encoded):
+    rows[i, :len(e)] = e
+  rows, lengths = _allgather(rows), _allgather(lengths)
+  return [json.loads(bytes(row[:n]).decode()) for row, n in zip(rows, lengths)]
 
 
 def prompts_from_batch(batch: dict[str, Any]) -> Prompts:
@@ -129,17 +145,10 @@ def prompts_from_batch(batch: dict[str, Any]) -> Prompts:
                      "set config.data.image_size so that every image is resized to one size")
   patches = int(np.prod(grid[0]))
   pixels = np.asarray(batch["pixel_values"], np.float32).reshape(b, patches, -1)
-  length = np.asarray(batch["target_length"], np.int32)
-  # One width on every process, so the padded targets can be gathered.
-  width = int(_allgather(np.array([max(int(length.max()), 1)], np.int32)).max())
-  targets = np.full((b, width), -1, np.int32)
-  for i in range(b):
-    targets[i, :length[i]] = batch["target_fast_ids"][i][:length[i]]
-  targets, length = _allgather(targets), _allgather(length)
   return Prompts(input_ids=_allgather(np.asarray(batch["input_ids"], np.int32)),
                  attention_mask=_allgather(np.asarray(batch["attention_mask"], np.int32)),
                  pixel_values=_allgather(pixels), image_grid_thw=_allgather(grid),
-                 targets=[targets[i, :length[i]].tolist() for i in range(len(length))])
+                 targets=_allgather_objects(list(batch["target"])))
 
 
 def informative_samples(rewards_: np.ndarray, group_size: int) -> np.ndarray:
@@ -188,21 +197,6 @@ def _this_process_rows(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """This process's contiguous share of every array's rows (what `global_batch` assembles)."""
   count = jax.process_count()
   return rows if count == 1 else {k: np.array_split(v, count)[jax.process_index()] for k, v in rows.items()}
-
-
-def vision_token_ids(model_config) -> tuple[int, ...]:
-  """Placeholder tokens of images and videos. Never sampled: in the full forward that recomputes
-  log-probs they would be read as image slots (taking other rows' image features and shifting
-  M-RoPE positions), so the recomputed log-probs would no longer be the sampler's."""
-  c = model_config
-  return (c.image_token_id, c.video_token_id, c.vision_start_token_id, c.vision_end_token_id)
-
-
-def _host(x) -> np.ndarray:
-  """A (possibly multi-process) global array -> the whole array on every host."""
-  if getattr(x, "is_fully_addressable", True):
-    return np.asarray(jax.device_get(x))
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 # ---- model functions -----------------------------------------------------------------------------
@@ -271,7 +265,7 @@ def update_step(state: TrainState, rows, *, model, tx, schedule, loss_config, nu
 # ---- setup -------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class GRPOSetup:
-  backbone: backbone_io.Backbone
+  backbone: backbone_lib.Backbone
   state: TrainState
   abstract_state: Any
   ref_params: Any        # frozen initial policy, sharded like the policy; None when kl_coef == 0
@@ -288,20 +282,17 @@ def build(config: ml_collections.ConfigDict, mesh) -> GRPOSetup:
   logprobs: (params, update rows) -> f32 [U, N]; update: (state, update rows) -> (state, metrics).
   Both are compiled for prompts of `data.max_seq_len` tokens and images of `frame_patches` patches.
   """
-  from roboalign_jax.models.qwen2_5_vl import dummy_inputs
   rules = sharding_lib.as_rules(config.sharding.rules)
-  dtype = jnp.dtype(config.model.param_dtype)
-  compute = jnp.dtype(config.model.compute_dtype) if config.model.compute_dtype else None
   # On the host: a 7B checkpoint must not land whole on one accelerator before it is sharded.
   with jax.default_device(jax.local_devices(backend="cpu")[0]):
-    backbone = backbone_io.load_backbone(config.model.init_dir, dtype=dtype, compute_dtype=compute,
-                                         remat=config.model.remat)
+    backbone = backbone_lib.load(config.model)
   model = backbone.model
+  dummy = backbone.dummy_inputs()
   total_updates = num_rollout_steps(config) * updates_per_rollout(config)
   tx, schedule = make_optimizer(config.optim, total_updates)
 
   def boxed_init(rng):
-    return TrainState.create(model.init(rng, *dummy_inputs(model.config))["params"], tx, rng)
+    return TrainState.create(model.init(rng, *dummy)["params"], tx, rng)
 
   rng = jax.random.PRNGKey(config.seed)
   abstract_state, shardings = partitioned.state_shardings(boxed_init, mesh, rules, rng)
@@ -334,43 +325,44 @@ def build(config: ml_collections.ConfigDict, mesh) -> GRPOSetup:
                           num_micro=num_micro, use_ref=use_ref, **kw), mesh, rules, shardings)
     return logprobs, update
 
-  tok = backbone.tokenizer
-  eos_ids = [tok.convert_tokens_to_ids(t) for t in END_OF_TURN_TOKENS]
-  return GRPOSetup(backbone, state, abstract_state, ref_params, eos_ids, make_functions)
+  return GRPOSetup(backbone, state, abstract_state, ref_params, backbone.end_of_turn_ids, make_functions)
 
 
-# ---- the loop ----------------------------------------------------------------------------------
-def rollout_step(config, setup: GRPOSetup, mesh, prompts: Prompts, step: int):
-  """Steps 1-5 of the module docstring for one rollout batch: advances `setup.state`, returns the
+# ---- one rollout batch ---------------------------------------------------------------------------
+def rollout_step(config, setup: GRPOSetup, mesh, state: TrainState, prompts: Prompts, step: int):
+  """Steps 1-5 of the module docstring for one rollout batch: returns the advanced state and the
   step's metrics record."""
   started = time.perf_counter()
   g, r = config.grpo, config.rollout
   rules = sharding_lib.as_rules(config.sharding.rules)
   replicated = sharding_lib.replicated(mesh)
-  state = setup.state
+  backbone = setup.backbone
   flat_pixels = prompts.pixel_values.reshape(-1, prompts.pixel_values.shape[-1])
   inputs = jax.device_put([prompts.input_ids, prompts.attention_mask, flat_pixels, prompts.image_grid_thw],
                           replicated)
-  out = rollout.generate(setup.backbone.model, state.params, *inputs, max_new_tokens=r.max_new_tokens,
-                         temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, num_samples=r.num_samples,
-                         rng=jax.random.fold_in(state.rng, step), eos_token_id=setup.eos_ids,
-                         pad_token_id=setup.backbone.tokenizer.pad_token_id, mesh=mesh, rules=rules,
-                         suppress_token_ids=vision_token_ids(setup.backbone.model.config))
-  tokens, mask, sampled_logp = _host(out.tokens), _host(out.mask), _host(out.logprobs)
+  out = sampling.generate(backbone.model, state.params, *inputs, max_new_tokens=r.max_new_tokens,
+                          temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, num_samples=r.num_samples,
+                          rng=jax.random.fold_in(state.rng, step), eos_token_id=setup.eos_ids,
+                          pad_token_id=backbone.pad_token_id, mesh=mesh, rules=rules,
+                          suppress_token_ids=backbone.vision_token_ids)
+  host = sharding_lib.host_array
+  tokens, mask, sampled_logp = host(out.tokens), host(out.mask), host(out.logprobs)
   rollout_seconds = time.perf_counter() - started
 
   targets = [t for t in prompts.targets for _ in range(r.num_samples)]
-  scores = rewards.score_responses(tokens, mask, targets, setup.backbone.tokenizer, setup.backbone.action_vocab)
+  scores = rewards.score_responses(tokens, mask, targets, backbone.tokenizer, backbone.action_vocab, g.reward)
   advantages = np.asarray(grpo_lib.group_advantages(scores["overall"], r.num_samples))
   informative = informative_samples(scores["overall"], r.num_samples)
   keep = np.flatnonzero(informative) if g.online_filtering else np.arange(tokens.shape[0])
 
-  record = {"reward": scores["overall"].mean(), "accuracy_reward": scores["accuracy"].mean(),
-            "format_reward": scores["format"].mean(), "response_length": scores["length"].mean(),
-            # Reached max_new_tokens without an end-of-turn token.
-            "response_truncated": float((mask[:, -1] & ~np.isin(tokens[:, -1], setup.eos_ids)).mean()),
-            "informative_groups": float(informative.reshape(-1, r.num_samples)[:, 0].mean()),
-            "rollout_seconds": rollout_seconds}
+  record = {"reward": scores["overall"].mean()}
+  record.update({f"{k}_reward": v.mean() for k, v in scores.items() if k not in ("overall", "length")})
+  record.update({
+      "response_length": scores["length"].mean(),
+      # Reached max_new_tokens without an end-of-turn token.
+      "response_truncated": float((mask[:, -1] & ~np.isin(tokens[:, -1], setup.eos_ids)).mean()),
+      "informative_groups": float(informative.reshape(-1, r.num_samples)[:, 0].mean()),
+      "rollout_seconds": rollout_seconds})
   logprobs, update = setup.functions(int(np.prod(prompts.image_grid_thw[0, 1:])))
   updates = split_updates(training_rows(prompts, tokens, mask, advantages, sampled_logp, keep, r.num_samples),
                           g.update_batch_size) if keep.size else []
@@ -384,7 +376,7 @@ def rollout_step(config, setup: GRPOSetup, mesh, prompts: Prompts, step: int):
     device_rows["old_logprobs"] = old
     if setup.ref_params is not None:
       device_rows["ref_logprobs"] = logprobs(setup.ref_params, device_rows)
-    old_host = _host(old)
+    old_host = host(old)
     gap_sum += float((np.abs(old_host - rollout_logp) * rows["response_mask"]).sum())
     gap_count += float(rows["response_mask"].sum())
     batches.append(device_rows)
@@ -402,8 +394,7 @@ def rollout_step(config, setup: GRPOSetup, mesh, prompts: Prompts, step: int):
     if collected:
       record[key] = float(np.mean([m[key] for m in collected]))
   record["step_seconds"] = time.perf_counter() - started
-  setup.state = state
-  return record
+  return state, record
 
 
 def export_dir(config, workdir: str) -> str | None:
@@ -413,66 +404,29 @@ def export_dir(config, workdir: str) -> str | None:
   return target or os.path.join(workdir, "hf")
 
 
+def export(config, workdir: str, params, backbone: backbone_lib.Backbone) -> dict[str, Any]:
+  out_dir = export_dir(config, workdir)
+  if out_dir is None:
+    return {"hf_dir": None}
+  host = sharding_lib.host_tree(params)
+  if jax.process_index() == 0:
+    backbone.export(host, out_dir)
+    log.info("exported the GRPO policy to %s", out_dir)
+  return {"hf_dir": out_dir}
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs GRPO in `workdir` (auto-resumes); returns the last step's record and the export path."""
-  from roboalign_jax.data import make_dataset, open_datasets
-  from roboalign_jax.data.pipeline import dataset_statistics
   mesh = mesh_lib.create_mesh(config.mesh.to_dict())
   check_config(config, sharding_lib.data_parallel_size(mesh))
   data = ml_collections.ConfigDict(config.data.to_dict())
   data.processor_dir = data.processor_dir or config.model.init_dir
   handles = open_datasets(data, "train")
   data_iter = iter(make_dataset(data, "train", handles=handles))
-  num_steps = num_rollout_steps(config)
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=config.checkpoint.every_steps,
-                              max_to_keep=config.checkpoint.max_to_keep, async_save=config.checkpoint.async_save)
-  writer = MetricWriter(workdir)
-  metadata = {"config": json.loads(config.to_json_best_effort()), "dataset_statistics": dataset_statistics(handles),
-              "code": code_version(), "mesh": dict(mesh.shape)}
-  setup, step, last, preempted, guard = None, 0, {}, False, None
-  try:
-    setup = build(config, mesh)
-    resumed_from = checkpointer.latest_step()
-    if resumed_from is not None:
-      setup.state, _ = checkpointer.restore(resumed_from, setup.abstract_state, data_iter=data_iter)
-      step = resumed_from
-      log.info("resumed from checkpoint at rollout step %d", resumed_from)
-      writer.write(resumed_from, {}, event="resumed")
-    from tqdm.auto import tqdm
-    progress = tqdm(total=num_steps, initial=step, desc="grpo", disable=jax.process_index() != 0,
-                    dynamic_ncols=True, mininterval=1.0)
-    with PreemptionGuard() as guard:
-      while step < num_steps:
-        if guard.should_stop():
-          preempted = True
-          break
-        batch = next(data_iter)
-        prompts = prompts_from_batch(batch)
-        step += 1
-        last = rollout_step(config, setup, mesh, prompts, step)
-        if step % config.train.log_every == 0 or step == num_steps:
-          writer.write(step, last)
-        progress.set_postfix({k: f"{last[k]:.3g}" for k in ("accuracy_reward", "format_reward", "kl") if k in last})
-        progress.update(1)
-        checkpointer.save(step, setup.state, data_iter=data_iter, metadata=metadata)
-    progress.close()
-    checkpointer.save(step, setup.state, data_iter=data_iter, metadata=metadata, force=True)
-    checkpointer.wait()
-    if preempted:
-      log.warning("stopped by %s at rollout step %d; checkpoint saved", guard.signal_name, step)
-      writer.write(step, {}, event="preempted", signal=guard.signal_name)
-    exported = None
-    if not preempted and export_dir(config, workdir):
-      exported = _export(setup, export_dir(config, workdir))
-  finally:
-    checkpointer.close()
-    writer.close()
-  return {"step": step, "preempted": preempted, "hf_dir": exported, **last}
-
-
-def _export(setup: GRPOSetup, out_dir: str) -> str:
-  params = jax.tree.map(_host, setup.state.params)
-  if jax.process_index() == 0:
-    backbone_io.export_hf(params, setup.backbone, out_dir)
-  multihost_utils.sync_global_devices("grpo_export") if jax.process_count() > 1 else None
-  return out_dir
+  setup = build(config, mesh)
+  step = lambda state, batch, n: rollout_step(config, setup, mesh, state, prompts_from_batch(batch), n)
+  return loop.run(config, workdir, mesh, loop.Stage(
+      name="grpo", state=setup.state, abstract_state=setup.abstract_state, step=step, data_iter=data_iter,
+      num_steps=num_rollout_steps(config), metadata={"dataset_statistics": dataset_statistics(handles)},
+      export=lambda state: export(config, workdir, state.params, setup.backbone),
+      progress_keys=("accuracy_reward", "format_reward", "kl")))

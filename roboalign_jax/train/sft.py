@@ -9,14 +9,13 @@ schedule counts updates. Parameters start from an HF directory (`model.init_dir`
 extended with the action tokens) or, for the tiny variant, from a random init. The model is
 exported as an HF directory at the end (`export.hf_dir`), or on request with `export.only`.
 Checkpoints hold the train state and the data iterator's position, so a resumed run continues
-exactly; held-out metrics (see `sft_eval.py`) are written every `train.eval_every` steps.
+exactly; held-out metrics come from the `sft_heldout` evaluator (`sft_eval.py`, `config.evals`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import math
 import os
@@ -29,12 +28,13 @@ import ml_collections
 import numpy as np
 import optax
 
+from roboalign_jax.data.conversations import ConversationSource
+from roboalign_jax.data.pipeline import dataset_statistics, make_dataset, open_datasets
+from roboalign_jax.models import backbone as backbone_lib
 from roboalign_jax.parallel import mesh as mesh_lib
 from roboalign_jax.parallel import partitioned
 from roboalign_jax.parallel import sharding as sharding_lib
-from roboalign_jax.train import backbone_io, loop, sft_batches, sft_eval
-from roboalign_jax.train.checkpoint import Checkpointer, code_version
-from roboalign_jax.train.metrics import MetricWriter
+from roboalign_jax.train import evaluators, loop, sft_batches
 from roboalign_jax.train.optimizer import make_optimizer
 from roboalign_jax.train.train_state import TrainState, apply_gradients
 
@@ -81,33 +81,10 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, action_vocab, f
 
 
 # ---- model and state -----------------------------------------------------------------------------
-def _dtype(name: str):
-  return jnp.dtype(name) if name else None
-
-
-def load_model(config: ml_collections.ConfigDict) -> backbone_io.Backbone:
+def load_backbone(config: ml_collections.ConfigDict) -> backbone_lib.Backbone:
   """The backbone to fine-tune: `model.init_dir` (vocabulary extended), or a random init of
   `model.variant` whose vocabulary holds the tokenizer of `data.processor_dir` (params None)."""
-  from roboalign_jax.models.qwen2_5_vl import Qwen2_5_VL, Qwen2_5_VLConfig
-  param_dtype = jnp.dtype(config.model.param_dtype)
-  compute = _dtype(config.model.compute_dtype) or param_dtype
-  if config.model.init_dir:
-    return backbone_io.load_backbone(config.model.init_dir, dtype=param_dtype, compute_dtype=compute,
-                                     remat=config.model.remat)
-  from transformers import AutoTokenizer
-
-  from roboalign_jax.models.qwen2_5_vl.vocab_extension import add_action_tokens
-  if not config.data.processor_dir or not os.path.isdir(config.data.processor_dir):
-    raise FileNotFoundError(f"config.data.processor_dir={config.data.processor_dir!r} not found; random init "
-                            "needs a tokenizer + image processor directory (or set config.model.init_dir)")
-  tokenizer = AutoTokenizer.from_pretrained(config.data.processor_dir)
-  action_vocab = add_action_tokens(tokenizer)
-  model_config = Qwen2_5_VLConfig.from_variant(config.model.variant, dtype=compute, remat=config.model.remat)
-  vocab = -(-max(model_config.text.vocab_size, len(tokenizer)) // 128) * 128
-  model_config = model_config.replace(text=dataclasses.replace(model_config.text, vocab_size=vocab))
-  return backbone_io.Backbone(model=Qwen2_5_VL(model_config, param_dtype=param_dtype), params=None,
-                              tokenizer=tokenizer, action_vocab=action_vocab,
-                              source_dir=os.path.abspath(config.data.processor_dir))
+  return backbone_lib.load(config.model, processor_dir=config.data.processor_dir)
 
 
 def optimizer_steps(config: ml_collections.ConfigDict, num_steps: int) -> int:
@@ -119,7 +96,8 @@ def optimizer_steps(config: ml_collections.ConfigDict, num_steps: int) -> int:
 
 @dataclasses.dataclass
 class SFTSetup:
-  backbone: backbone_io.Backbone
+  config: ml_collections.ConfigDict
+  backbone: backbone_lib.Backbone
   state: TrainState
   abstract_state: Any
   shardings: Any
@@ -127,20 +105,22 @@ class SFTSetup:
   teacher_eval: Any  # (params, global batch) -> metrics, deterministic
   mesh: Any
   rules: Any
+  data: ml_collections.ConfigDict | None = None  # the training data config (mixture weights resolved)
+  handles: list = dataclasses.field(default_factory=list)  # opened training datasets (statistics)
 
 
-def build(config: ml_collections.ConfigDict, mesh, num_steps: int, *, seed_params: bool = True) -> SFTSetup:
+def build(config: ml_collections.ConfigDict, mesh, num_steps: int) -> SFTSetup:
   """Model, sharded initial state and jitted steps of the SFT stage on `mesh`."""
-  from roboalign_jax.models.qwen2_5_vl import dummy_inputs
   rules = sharding_lib.as_rules(config.sharding.rules)
-  backbone = load_model(config)
+  backbone = load_backbone(config)
   model = backbone.model
-  abstract_params = nn.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), *dummy_inputs(model.config))))
+  dummy = backbone.dummy_inputs()
+  abstract_params = nn.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), *dummy)))
   accumulate = int(config.optim.accumulate_steps)
   tx, schedule = make_optimizer(config.optim, optimizer_steps(config, num_steps), params=abstract_params["params"])
 
   def init_state(rng):
-    params = model.init(rng, *dummy_inputs(model.config))["params"]
+    params = model.init(rng, *dummy)["params"]
     return TrainState.create(params, tx, jax.random.fold_in(rng, 1))
 
   rng = jax.random.PRNGKey(config.seed)
@@ -188,14 +168,12 @@ def build(config: ml_collections.ConfigDict, mesh, num_steps: int, *, seed_param
       metrics = teacher_jit[fp](params, batch)
     return {k: v for k, v in metrics.items() if k in ("loss", "token_accuracy", "fast_token_accuracy")}
 
-  return SFTSetup(backbone, state, abstract_state, shardings, step, teacher_eval, mesh, rules)
+  return SFTSetup(config, backbone, state, abstract_state, shardings, step, teacher_eval, mesh, rules)
 
 
 # ---- data ----------------------------------------------------------------------------------------
 def resolve_data(config: ml_collections.ConfigDict):
   """(data config with mixture weights resolved, opened robot datasets, samples in one epoch)."""
-  from roboalign_jax.data import open_datasets
-  from roboalign_jax.data.conversations import ConversationSource
   data = ml_collections.ConfigDict(config.data.to_dict())
   if data.sample != "fast_sft" or not data.processor_dir:
     raise ValueError("the SFT stage needs tokenised FAST samples: config.data.sample='fast_sft' and "
@@ -227,7 +205,6 @@ def num_train_steps(config: ml_collections.ConfigDict, epoch_size: int) -> int:
 
 
 def make_train_data(config, data, handles, patch_dim: int):
-  from roboalign_jax.data.pipeline import make_dataset
   if jax.process_count() > 1 and not (data.max_seq_len and config.sft.images_per_batch):
     raise ValueError("with several processes every process must build the same shapes: set "
                      "config.data.max_seq_len and config.sft.images_per_batch")
@@ -237,22 +214,15 @@ def make_train_data(config, data, handles, patch_dim: int):
 
 
 # ---- export --------------------------------------------------------------------------------------
-def _host_params(params):
-  if all(getattr(x, "is_fully_addressable", True) for x in jax.tree.leaves(params)):
-    return jax.device_get(params)
-  from jax.experimental import multihost_utils
-  return multihost_utils.process_allgather(params, tiled=True)
-
-
-def export(config: ml_collections.ConfigDict, workdir: str, params, backbone: backbone_io.Backbone) -> str | None:
+def export(config: ml_collections.ConfigDict, workdir: str, params, backbone: backbone_lib.Backbone) -> str | None:
   """Writes the HF directory (process 0); returns its path, None when `export.hf_dir` is "none"."""
   if config.export.hf_dir == "none":
     return None
   out_dir = os.path.abspath(config.export.hf_dir or os.path.join(workdir, "hf"))
-  host = _host_params(params)
+  host = sharding_lib.host_tree(params)
   if jax.process_index() == 0:
-    backbone_io.export_hf(host, backbone, out_dir)
-    log.info("exported the SFT model to %s", out_dir)
+    backbone.export(host, out_dir)
+    log.info("exported the %s model to %s", config.stage, out_dir)
   return out_dir
 
 
@@ -263,45 +233,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   data, handles, epoch_size = resolve_data(config)
   num_steps = num_train_steps(config, epoch_size)
   setup = build(config, mesh, num_steps)
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=config.checkpoint.every_steps,
-                              max_to_keep=config.checkpoint.max_to_keep, async_save=config.checkpoint.async_save)
-  if config.export.only:
-    latest = checkpointer.latest_step()
-    if latest is None:
-      checkpointer.close()
-      raise FileNotFoundError(f"config.export.only: no checkpoint under {workdir}/checkpoints to export")
-    state, _ = checkpointer.restore(latest, setup.abstract_state)
-    checkpointer.close()
-    return {"step": latest, "hf_dir": export(config, workdir, state.params, setup.backbone)}
-
-  patch_dim = setup.backbone.model.config.vision.patch_dim
-  data_iter = iter(make_train_data(config, data, handles, patch_dim))
-  from roboalign_jax.fast import FASTTokenizer
-  fast_tokenizer = FASTTokenizer.load(data.fast_tokenizer_dir)
-  eval_set = sft_eval.build_eval_set(data, config.eval, pad_multiple=config.sft.pad_multiple,
-                                     train_handles=handles)
-  end_of_turn = setup.backbone.tokenizer.convert_tokens_to_ids("<|im_end|>")
-
-  def eval_fn(state, step):
-    del step
-    if eval_set is None:
-      return {}
-    return sft_eval.evaluate(state.params, model=setup.backbone.model, eval_set=eval_set,
-                             teacher_fn=setup.teacher_eval, action_vocab=setup.backbone.action_vocab,
-                             fast_tokenizer=fast_tokenizer, end_of_turn=end_of_turn,
-                             max_new_tokens=config.eval.max_new_tokens, mesh=mesh, rules=setup.rules)
-
-  writer = MetricWriter(workdir)
-  statistics = {h.name: h.statistics.to_json() for h in handles}
-  metadata = {"config": json.loads(config.to_json_best_effort()), "dataset_statistics": statistics,
-              "code": code_version(), "mesh": dict(mesh.shape), "num_steps": num_steps}
-  try:
-    result = loop.run(state=setup.state, abstract_state=setup.abstract_state, step_fn=setup.step,
-                      data_iter=data_iter, mesh=mesh, num_steps=num_steps, checkpointer=checkpointer,
-                      writer=writer, metadata=metadata, log_every=config.train.log_every, eval_fn=eval_fn,
-                      eval_every=config.train.eval_every, desc="sft")
-    hf_dir = None if result.preempted else export(config, workdir, result.state.params, setup.backbone)
-  finally:
-    checkpointer.close()
-    writer.close()
-  return {"step": result.step, "preempted": result.preempted, "hf_dir": hf_dir, **result.last_metrics}
+  setup.data, setup.handles = data, handles
+  data_iter = iter(make_train_data(config, data, handles, setup.backbone.patch_dim))
+  step = lambda state, batch, _: setup.step(state, sharding_lib.global_batch(batch, mesh))
+  return loop.run(config, workdir, mesh, loop.Stage(
+      name="sft", state=setup.state, abstract_state=setup.abstract_state, step=step, data_iter=data_iter,
+      num_steps=num_steps, metadata={"dataset_statistics": dataset_statistics(handles), "num_steps": num_steps},
+      evaluators=evaluators.build(config, setup),
+      export=lambda state: {"hf_dir": export(config, workdir, state.params, setup.backbone)}))

@@ -1,12 +1,16 @@
-"""Held-out evaluation of the SFT model on FAST samples.
+"""Held-out evaluation of the SFT model on FAST samples: the `sft_heldout` evaluator.
+
+    config.evals.heldout = dict(type="sft_heldout", every=500, datasets=[...], num_batches=4,
+                                batch_size=32, max_new_tokens=64)
 
   * teacher-forced: loss and accuracy of the next-token argmax on the supervised tokens, and on
     the `<action_k>` tokens alone (the FAST-token accuracy);
-  * greedy generation from the prompt alone (`rl.rollout.generate`, temperature 0):
+  * greedy generation from the prompt alone (`models.sampling.generate`, temperature 0):
     format validity  response = `<action_start> <action_k>+ <action_end>` then end of turn;
     decode failure   the FAST ids do not decode to an H x D chunk (or there are none);
-    action L1        mean |decoded - true| over real steps, both unnormalised with the dataset's
-                     q01/q99 statistics (malformed answers count with their tolerant decode).
+    action L1        mean |decoded - true| over real steps, both unnormalised by the inverse of the
+                     dataset's action normalisation (`data.transforms`; malformed answers count
+                     with their tolerant decode).
 """
 
 from __future__ import annotations
@@ -17,8 +21,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from roboalign_jax.data import normalization
-from roboalign_jax.data.samples import fast_messages, pad_to
+from roboalign_jax.data import transforms
+from roboalign_jax.data.pipeline import make_dataset, open_datasets
+from roboalign_jax.data.samples import Tokenizing, fast_messages, pad_to
+from roboalign_jax.fast import FASTTokenizer
+from roboalign_jax.models import sampling
+from roboalign_jax.parallel.sharding import host_array
 from roboalign_jax.train import sft_batches
 
 
@@ -29,7 +37,7 @@ class EvalSet:
   prompts: list[dict[str, np.ndarray]]  # input_ids / attention_mask [b, Tp] left-padded, vision inputs
   actions: np.ndarray                   # float32 [E, H, 7] unnormalised true chunks
   action_mask: np.ndarray               # bool [E, H]
-  stats: list[normalization.Stats]      # per row: the statistics that normalised its actions
+  to_units: list[transforms.Transform]  # per row: the inverse of its dataset's action normalisation
 
 
 def build_eval_set(data: ml_collections.ConfigDict, eval_config: ml_collections.ConfigDict, *,
@@ -38,8 +46,6 @@ def build_eval_set(data: ml_collections.ConfigDict, eval_config: ml_collections.
 
   A held-out dataset named like a training one (held-out episodes of the same dataset) is
   normalised with the training statistics, as the model's actions are at inference."""
-  from roboalign_jax.data import open_datasets
-  from roboalign_jax.data.pipeline import make_dataset
   if not eval_config.datasets:
     return None
   held_out = ml_collections.ConfigDict(data.to_dict())
@@ -54,10 +60,10 @@ def build_eval_set(data: ml_collections.ConfigDict, eval_config: ml_collections.
     if trained:
       handle.statistics = trained[0].statistics
   stream = iter(make_dataset(held_out, "train", handles=handles, process_index=0, process_count=1))
-  from roboalign_jax.data.samples import Tokenizing
-  tokenizing = Tokenizing(held_out.processor_dir)
+  tokenizing = Tokenizing(held_out.processor_dir, family=held_out.model_family)
   pad_id = tokenizing.processor.pad_token_id
-  teacher, prompts, actions, masks, stats = [], [], [], [], []
+  to_units = {h.name: transforms.action_normalizer(h.statistics.action).inverse() for h in handles}
+  teacher, prompts, actions, masks, row_units = [], [], [], [], []
   for _ in range(eval_config.num_batches):
     batch = next(stream)
     teacher.append(sft_batches.shape_batch(batch, pad_multiple=pad_multiple, max_len=held_out.max_seq_len))
@@ -71,14 +77,12 @@ def build_eval_set(data: ml_collections.ConfigDict, eval_config: ml_collections.
         "attention_mask": pad_to([np.ones(len(r["input_ids"]), np.int32) for r in rows], length, 0, left=True),
         "pixel_values": np.concatenate([r["pixel_values"] for r in rows]).astype(np.float32),
         "image_grid_thw": np.concatenate([r["image_grid_thw"] for r in rows]).astype(np.int32)})
-    mask = normalization.action_mask(batch["actions"].shape[-1])
     for chunk, source in zip(batch["actions"], batch["source"]):
-      handle = next(h for h in handles if h.name == source)
-      stats.append(handle.statistics.action)
-      actions.append(normalization.unnormalize(chunk, handle.statistics.action, mask))
+      row_units.append(to_units[source])
+      actions.append(to_units[source]({"actions": chunk})["actions"])
     masks.append(np.asarray(batch["action_mask"], bool))
   return EvalSet(teacher=teacher, prompts=prompts, actions=np.stack(actions), action_mask=np.concatenate(masks),
-                 stats=stats)
+                 to_units=row_units)
 
 
 def response_metrics(tokens: np.ndarray, action_vocab, end_of_turn: int, fast_tokenizer,
@@ -99,27 +103,16 @@ def response_metrics(tokens: np.ndarray, action_vocab, end_of_turn: int, fast_to
     fast_ids.append(ids)
   decoded, decodable = fast_tokenizer.decode(fast_ids, horizon=horizon, action_dim=dim, return_valid=True)
   decodable = decodable & np.array([len(i) > 0 for i in fast_ids])
-  mask = normalization.action_mask(dim)
-  predicted = np.stack([normalization.unnormalize(np.clip(a, -1, 1), s, mask)
-                        for a, s in zip(decoded, eval_set.stats[rows])])
+  predicted = np.stack([to_units({"actions": a})["actions"] for a, to_units in zip(decoded, eval_set.to_units[rows])])
   true, step_mask = eval_set.actions[rows], eval_set.action_mask[rows]
   l1 = (np.abs(predicted - true).mean(-1) * step_mask).sum(-1) / np.maximum(step_mask.sum(-1), 1)
   return {"format_valid": np.array(valid_format, np.float32), "decode_failure": (~decodable).astype(np.float32),
           "action_l1": l1.astype(np.float32)}
 
 
-def _host(x) -> np.ndarray:
-  """A global array (possibly spread over processes) -> the whole array on this host."""
-  if getattr(x, "is_fully_addressable", True):
-    return np.asarray(jax.device_get(x))
-  from jax.experimental import multihost_utils
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
 def evaluate(params, *, model, eval_set: EvalSet, teacher_fn, action_vocab, fast_tokenizer, end_of_turn: int,
              max_new_tokens: int, mesh=None, rules=None) -> dict[str, float]:
   """All held-out metrics as `eval/<name>` scalars. teacher_fn(params, host batch) -> metric dict."""
-  from roboalign_jax.rl import rollout
   teacher: dict[str, list[float]] = {}
   for batch in eval_set.teacher:
     for key, value in jax.device_get(teacher_fn(params, batch)).items():
@@ -129,10 +122,10 @@ def evaluate(params, *, model, eval_set: EvalSet, teacher_fn, action_vocab, fast
   for prompt in eval_set.prompts:
     b = prompt["input_ids"].shape[0]
     grid = prompt["image_grid_thw"]
-    out = rollout.generate(model, params, prompt["input_ids"], prompt["attention_mask"], prompt["pixel_values"],
+    out = sampling.generate(model, params, prompt["input_ids"], prompt["attention_mask"], prompt["pixel_values"],
                            grid, max_new_tokens=max_new_tokens, temperature=0.0, eos_token_id=end_of_turn,
                            mesh=mesh, rules=rules)
-    metrics = response_metrics(_host(out.tokens), action_vocab, end_of_turn, fast_tokenizer, eval_set,
+    metrics = response_metrics(host_array(out.tokens), action_vocab, end_of_turn, fast_tokenizer, eval_set,
                                slice(start, start + b))
     for key, value in metrics.items():
       per_row.setdefault(key, []).append(value)
@@ -140,3 +133,21 @@ def evaluate(params, *, model, eval_set: EvalSet, teacher_fn, action_vocab, fast
   result = {f"eval/{k}": float(np.mean(v)) for k, v in teacher.items()}
   result.update({f"eval/{k}": float(np.mean(np.concatenate(v))) for k, v in per_row.items()})
   return result
+
+
+def make_evaluator(options: ml_collections.ConfigDict, setup):
+  """The `sft_heldout` evaluator of an `SFTSetup` (None when `options.datasets` is empty)."""
+  eval_set = build_eval_set(setup.data, options, pad_multiple=setup.config.sft.pad_multiple,
+                            train_handles=setup.handles)
+  if eval_set is None:
+    return None
+  fast_tokenizer = FASTTokenizer.load(setup.data.fast_tokenizer_dir)
+  backbone = setup.backbone
+  end_of_turn = backbone.end_of_turn_ids[0]
+
+  def run(state, step):
+    del step
+    return evaluate(state.params, model=backbone.model, eval_set=eval_set, teacher_fn=setup.teacher_eval,
+                    action_vocab=backbone.action_vocab, fast_tokenizer=fast_tokenizer, end_of_turn=end_of_turn,
+                    max_new_tokens=options.max_new_tokens, mesh=setup.mesh, rules=setup.rules)
+  return run
