@@ -22,9 +22,9 @@ def config(steps: int = 0, *, mixture: str = "full", eval_data: bool = True, bat
   if mixture == "action_only":
     cfg.data.conversations = []
   if not eval_data:
-    cfg.eval.datasets = []
+    cfg.evals.heldout.datasets = []
   if batch:
     cfg.data.global_batch_size = batch
-    cfg.eval.batch_size = batch
+    cfg.evals.heldout.batch_size = batch
   cfg.export.hf_dir = "none"
   return cfg

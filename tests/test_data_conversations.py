@@ -10,16 +10,14 @@ from roboalign_jax import data
 from roboalign_jax.data import conversations, fixtures
 from roboalign_jax.data.conversations import ConversationSource
 from roboalign_jax.data.errors import DataError
+import tiny_qwen
 
 
 @pytest.fixture(scope="module")
 def conv(tmp_path_factory):
   root = tmp_path_factory.mktemp("conv")
   paths = conversations.write_conversation_fixture(str(root / "conv"), num_vqa=8, num_reasoning=4, seed=0)
-  from roboalign_jax.models.qwen2_5_vl import tiny
-  tiny.write_tokenizer(str(root / "qwen"))
-  tiny.write_image_processor_config(str(root / "qwen"), max_pixels=224 * 224)
-  return {**paths, "root": root, "qwen": str(root / "qwen")}
+  return {**paths, "root": root, "qwen": tiny_qwen.processor_dir(224 * 224)}
 
 
 def test_fixture_answers_are_verifiable(conv):

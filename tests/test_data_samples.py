@@ -7,6 +7,7 @@ import pytest
 from roboalign_jax import data
 from roboalign_jax.data import pipeline, samples
 from roboalign_jax.fast import FASTTokenizer, fast_ids_to_text
+import tiny_qwen
 
 HORIZON = 8
 
@@ -20,10 +21,7 @@ def setup(tmp_path_factory):
   handles = pipeline.open_datasets(data.data_config(**base))
   fast = FASTTokenizer.fit(pipeline.action_chunks(handles, HORIZON), vocab_size=256)
   fast.save(str(root / "fast"))
-  from roboalign_jax.models.qwen2_5_vl import tiny
-  tiny.write_tokenizer(str(root / "qwen"))
-  tiny.write_image_processor_config(str(root / "qwen"), max_pixels=224 * 224)
-  return {"base": base, "fast_dir": str(root / "fast"), "qwen_dir": str(root / "qwen"), "fast": fast}
+  return {"base": base, "fast_dir": str(root / "fast"), "qwen_dir": tiny_qwen.processor_dir(224 * 224), "fast": fast}
 
 
 def batch_of(setup, **overrides):
@@ -76,10 +74,10 @@ def test_grpo_prompt(setup):
       "process and answer are enclosed within <think> </think> and <answer> </answer> tags, respectively.")
   assert batch["messages"][0][0]["content"] == samples.GRPO_SYSTEM_PROMPT
   assert len(batch["messages"][0]) == 2  # no answer in a prompt
-  lengths = batch["target_length"]
+  # The reward's payload: the chunk's FAST ids.
   for b in range(2):
-    targets = batch["target_fast_ids"][b]
-    assert (targets[:lengths[b]] >= 0).all() and (targets[lengths[b]:] == -1).all()
+    targets = batch["target"][b]["fast_ids"]
+    assert len(targets) > 0 and all(isinstance(i, int) and i >= 0 for i in targets)
   # Left padding: every prompt ends at the right edge, where generation continues.
   assert batch["attention_mask"][:, -1].all()
 

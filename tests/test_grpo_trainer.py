@@ -1,9 +1,10 @@
 """The GRPO trainer end to end on the tiny backbone and a Bridge-layout fixture: the mean accuracy
 reward rises over a fixed-seed run while the format reward stays high, every step logs its
-rewards, KL and clip fractions, the policy is exported as an HF directory, and (slow) a run
-stopped at a checkpoint and resumed through `launch/train.py` equals an uninterrupted one.
+rewards, KL and clip fractions, the policy is exported as an HF directory, and (slow, the shared
+scenarios of tests/scenarios.py through `launch/train.py`) a run killed with SIGKILL and resumed
+equals an uninterrupted one, and SIGTERM checkpoints and exits 0 without an export.
 
-The starting model: the tiny random backbone after `rl.format_warmup` (a short supervised
+The starting model: the tiny random backbone after `demo.format_warmup` (a short supervised
 warm-up on the GRPO answer format with the target FAST tokens), which emits the format most of
 the time but knows the action tokens only partly -- the role Stage 1 plays at paper scale.
 """
@@ -13,7 +14,8 @@ import os
 import numpy as np
 import pytest
 
-import launch_helpers
+import scenarios
+import tiny_qwen
 from configs_loader import load_config
 from roboalign_jax import data
 from roboalign_jax.data import pipeline
@@ -31,8 +33,7 @@ COMPARED = ("reward", "accuracy_reward", "format_reward", "response_length", "lo
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
   """Fixture data, a FAST tokenizer, the tiny backbone warmed up on the answer format."""
-  from roboalign_jax.models.qwen2_5_vl import tiny
-  from roboalign_jax.rl import format_warmup
+  from roboalign_jax.demo import format_warmup
   root = tmp_path_factory.mktemp("grpo")
   path = data.write_fixture("bridge", str(root / "rlds"), 4, 0, episode_length=(20, 26))
   cache = str(root / "cache")
@@ -41,12 +42,12 @@ def world(tmp_path_factory):
   # Coarse (scale 5) and without merges (vocab = alphabet): one token per action dimension, so
   # the prefix accuracy grows a dimension at a time instead of hinging on one merged first token.
   FASTTokenizer.fit(pipeline.action_chunks(handles, HORIZON), vocab_size=16, scale=5.0).save(str(root / "fast"))
-  tiny.write_checkpoint(str(root / "random"))
+  random = tiny_qwen.checkpoint_dir()
   spec = f"configs/grpo.py:tiny,init={root / 'start'},fast={root / 'fast'},data={path}"
   config = _config(spec, cache)
   warmup_data = config.data.copy_and_resolve_references()
-  warmup_data.processor_dir = str(root / "random")
-  losses = format_warmup.run(str(root / "random"), warmup_data, str(root / "start"), steps=WARMUP_STEPS,
+  warmup_data.processor_dir = random
+  losses = format_warmup.run(random, warmup_data, str(root / "start"), steps=WARMUP_STEPS,
                              response_len=config.rollout.max_new_tokens)
   assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
   return {"root": root, "spec": spec, "cache": cache}
@@ -64,13 +65,14 @@ def _sampled_rewards(model_dir, world):
   of the first EVAL_BATCHES x 8 prompts of the RL prompt stream."""
   import jax
   from roboalign_jax.data import make_dataset
+  from roboalign_jax.models import backbone as backbone_lib
   from roboalign_jax.rl import rewards, rollout
-  from roboalign_jax.train import backbone_io, grpo
+  from roboalign_jax.train import grpo
   config = _config(world["spec"], world["cache"])
   data_config = config.data.copy_and_resolve_references()
   data_config.processor_dir = model_dir
   batches = iter(make_dataset(data_config, "train", process_index=0, process_count=1))
-  backbone = backbone_io.load_backbone(model_dir)
+  backbone = backbone_lib.load_dir(model_dir)
   accuracy, fmt = [], []
   for k in range(EVAL_BATCHES):
     p = grpo.prompts_from_batch(next(batches))
@@ -78,7 +80,7 @@ def _sampled_rewards(model_dir, world):
                            p.pixel_values.reshape(-1, p.pixel_values.shape[-1]), p.image_grid_thw,
                            max_new_tokens=config.rollout.max_new_tokens, temperature=1.0, num_samples=EVAL_SAMPLES,
                            rng=jax.random.key(100 + k),
-                           eos_token_id=[backbone.tokenizer.convert_tokens_to_ids(t) for t in rewards.END_OF_TURN_TOKENS])
+                           eos_token_id=backbone.end_of_turn_ids)
     targets = [t for t in p.targets for _ in range(EVAL_SAMPLES)]
     scores = rewards.score_responses(np.asarray(out.tokens), np.asarray(out.mask), targets, backbone.tokenizer,
                                      backbone.action_vocab)
@@ -88,7 +90,8 @@ def _sampled_rewards(model_dir, world):
 
 
 def test_grpo_raises_accuracy_reward_and_keeps_the_format(world, tmp_path):
-  from roboalign_jax.train import backbone_io, grpo
+  from roboalign_jax.models import backbone as backbone_lib
+  from roboalign_jax.train import grpo
   workdir = str(tmp_path / "run")
   summary = grpo.train(_config(world["spec"], world["cache"]), workdir)
   records = read_metrics(workdir)
@@ -113,50 +116,24 @@ def test_grpo_raises_accuracy_reward_and_keeps_the_format(world, tmp_path):
   assert latest_per_step(records, "kl")[STEPS] > 0  # the policy moved away from the reference
   # The exported policy loads with its action tokens and differs from the start.
   assert summary["hf_dir"] == os.path.join(workdir, "hf")
-  start = backbone_io.load_backbone(str(world["root"] / "start"))
-  end = backbone_io.load_backbone(summary["hf_dir"])
+  start = backbone_lib.load_dir(str(world["root"] / "start"))
+  end = backbone_lib.load_dir(summary["hf_dir"])
   assert end.action_vocab == start.action_vocab
   moved = np.abs(end.params["lm_head"]["kernel"] - start.params["lm_head"]["kernel"]).max()
   assert moved > 0
 
 
 @pytest.mark.slow
-def test_resume_equals_uninterrupted(world, tmp_path):
+def test_kill9_then_resume_equals_uninterrupted(world, tmp_path):
   flags = (f"--config.data.cache_dir={world['cache']}", "--config.data.progress=False",
            "--config.checkpoint.every_steps=2", "--config.export.hf_dir=none")
-  reference = str(tmp_path / "reference")
-  proc = launch_helpers.run(f"{world['spec']},steps=4", reference, *flags)
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-  # Stopped after rollout batch 2 (its checkpoint holds the state, the prompt iterator and the
-  # RNG position), then started again with the full length.
-  resumed = str(tmp_path / "resumed")
-  for steps in (2, 4):
-    proc = launch_helpers.run(f"{world['spec']},steps={steps}", resumed, *flags)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-  records = read_metrics(resumed)
-  assert [r["step"] for r in records if r.get("event") == "resumed"] == [2]
-  want, got = read_metrics(reference), records
-  for key in COMPARED:
-    a, b = latest_per_step(want, key), latest_per_step(got, key)
-    assert sorted(a) == sorted(b) == [1, 2, 3, 4], key
-    assert [a[s] for s in (3, 4)] == [b[s] for s in (3, 4)], key
+  scenarios.kill9_resume(f"{world['spec']},steps=6", tmp_path, *flags, num_steps=6, kill_after=2,
+                         compared=COMPARED, progress_key="reward", timeout=600)
 
 
 @pytest.mark.slow
 def test_sigterm_checkpoints_and_exits_zero(world, tmp_path):
-  import signal
-  workdir = str(tmp_path / "preempted")
-  proc = launch_helpers.start(f"{world['spec']},steps=1000", workdir, f"--config.data.cache_dir={world['cache']}",
-                              "--config.data.progress=False", "--config.checkpoint.every_steps=1000")
-  launch_helpers.wait_for(lambda: len([r for r in read_metrics(workdir) if "reward" in r]) >= 2, 600,
-                          "two rollout steps", proc=proc)
-  proc.send_signal(signal.SIGTERM)
-  assert proc.wait(timeout=300) == 0
-  records = read_metrics(workdir)
-  preempted = [r for r in records if r.get("event") == "preempted"]
-  assert len(preempted) == 1 and preempted[0]["signal"] == "SIGTERM"
-  stopped_at = preempted[0]["step"]
-  assert stopped_at == max(latest_per_step(records, "reward"))
-  # The one checkpoint is the one written on SIGTERM; no export for a stopped run.
-  assert sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()) == [stopped_at]
-  assert not os.path.exists(os.path.join(workdir, "hf"))
+  workdir, _, _ = scenarios.sigterm_stop(f"{world['spec']},steps=1000", tmp_path,
+                                         f"--config.data.cache_dir={world['cache']}", "--config.data.progress=False",
+                                         "--config.checkpoint.every_steps=1000", progress_key="reward")
+  assert not os.path.exists(os.path.join(workdir, "hf"))  # no export for a stopped run

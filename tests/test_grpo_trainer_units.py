@@ -156,11 +156,12 @@ def test_online_filtering_keeps_groups_with_different_rewards():
 
 def test_rollouts_never_sample_vision_placeholders():
   from roboalign_jax.models import qwen2_5_vl
+  from roboalign_jax.models.qwen2_5_vl import backbone as qwen_backbone
   from roboalign_jax.models.qwen2_5_vl import tiny
   from roboalign_jax.rl import rollout
   config = qwen2_5_vl.Qwen2_5_VLConfig.from_variant("tiny")
   model, params = qwen2_5_vl.Qwen2_5_VL(config), tiny.random_params(config)
-  banned = grpo.vision_token_ids(config)
+  banned = qwen_backbone.vision_token_ids(config)
   # A head that prefers the placeholders: without suppression greedy decoding picks one.
   head = params["lm_head"]["kernel"]
   params["lm_head"]["kernel"] = head.at[:, list(banned)].set(head[:, list(banned)] + 5.0 * jnp.sign(head.mean(1))[:, None])

@@ -1,8 +1,6 @@
 """Processor parity with HF: pixel_values / image_grid_thw identical to HF's image processor
 (PIL backend) for several sizes; chat-template ids identical to HF's Qwen2_5_VLProcessor."""
 
-import functools
-import tempfile
 
 import numpy as np
 import pytest
@@ -11,21 +9,17 @@ from transformers import AutoTokenizer, Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.processing_utils import ProcessorMixin
 
-from roboalign_jax.models.qwen2_5_vl import tiny
 from roboalign_jax.models.qwen2_5_vl.image_processing import ImageProcessor, smart_resize
 from roboalign_jax.models.qwen2_5_vl.processor import Processor
+import tiny_qwen
 
 
 def _image(h, w, seed=0):
   return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
 
 
-@functools.lru_cache(maxsize=None)
 def _tokenizer_dir():
-  d = tempfile.mkdtemp(prefix="qwen_tiny_tok_")
-  tiny.write_tokenizer(d)
-  tiny.write_image_processor_config(d, max_pixels=28 * 28 * 1280)
-  return d
+  return tiny_qwen.processor_dir(28 * 28 * 1280)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,9 @@ import pytest
 from qwen2_5_vl_reference import hf_tiny, image_block, random_pixels, random_text
 from roboalign_jax.models import qwen2_5_vl
 from roboalign_jax.parallel.mesh import create_mesh
-from roboalign_jax.parallel.sharding import DEFAULT_RULES, batch_sharding, logical_shardings
+from roboalign_jax.parallel.sharding import DEFAULT_RULES, batch_sharding
+
+import sharding_helpers
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +40,9 @@ def setup():
 def test_sharded_forward_equals_unsharded(setup, mesh_shape):
   model, params, (ids, mask, pixels, grid), ref = setup
   mesh = create_mesh(mesh_shape)
-  shardings = logical_shardings(qwen2_5_vl.abstract_params(model), mesh, DEFAULT_RULES)
-  sharded = jax.device_put(params, shardings)
+  sharded = sharding_helpers.shard_params(qwen2_5_vl.abstract_params(model), params, mesh)
   # At least one parameter is actually split, per mesh axis in use.
-  used = {ax for s in jax.tree.leaves(shardings) for p in s.spec if p for ax in (p if isinstance(p, tuple) else (p,))}
+  used = sharding_helpers.mesh_axes_used(jax.tree.map(lambda x: x.sharding, sharded))
   assert used >= {a for a, n in mesh_shape.items() if n > 1 and a != "data"}
   data = jax.device_put((jnp.asarray(ids), jnp.asarray(mask)), batch_sharding(mesh))
 

@@ -6,6 +6,7 @@ import pytest
 
 from roboalign_jax.fast.vocab import ActionVocab, fast_ids_to_text
 from roboalign_jax.rl import rewards
+import tiny_qwen
 
 ACT = fast_ids_to_text([12, 7, 2047])  # <action_start><action_12><action_7><action_2047><action_end>
 GOOD = f"<think>The cup is left of the gripper.</think><answer>{ACT}</answer>"
@@ -87,11 +88,8 @@ def test_roboalign_reward_combines():
 def extended_tokenizer(tmp_path_factory):
   from transformers import AutoTokenizer
 
-  from roboalign_jax.models.qwen2_5_vl import tiny
   from roboalign_jax.models.qwen2_5_vl.vocab_extension import add_action_tokens
-  out = str(tmp_path_factory.mktemp("tok"))
-  tiny.write_tokenizer(out)
-  tokenizer = AutoTokenizer.from_pretrained(out)
+  tokenizer = AutoTokenizer.from_pretrained(tiny_qwen.processor_dir())
   return tokenizer, add_action_tokens(tokenizer)
 
 

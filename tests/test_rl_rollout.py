@@ -14,8 +14,10 @@ import torch
 from qwen2_5_vl_reference import TINY, hf_tiny, image_block, random_pixels, random_text
 from roboalign_jax.models import qwen2_5_vl
 from roboalign_jax.parallel.mesh import create_mesh
-from roboalign_jax.parallel.sharding import DEFAULT_RULES, logical_shardings
+from roboalign_jax.parallel.sharding import DEFAULT_RULES
 from roboalign_jax.rl import grpo, rollout
+
+import sharding_helpers
 
 N = 12
 PAD = 0
@@ -207,7 +209,7 @@ def test_sharded_equals_unsharded(loaded, case):
     (ids, mask), pixels, grid = text_prompts(4, seed=3), None, None
     samples, temperatures = 2, (0.0,)
   mesh = create_mesh(dict(data=2, fsdp=2, tensor=2))
-  sharded = jax.device_put(params, logical_shardings(qwen2_5_vl.abstract_params(model), mesh, DEFAULT_RULES))
+  sharded = sharding_helpers.shard_params(qwen2_5_vl.abstract_params(model), params, mesh)
   # Greedy must agree exactly; sampling too, as the PRNG (threefry, partitionable) does not
   # depend on the sharding.
   for temperature in temperatures:

@@ -8,17 +8,18 @@ import torch
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
 from roboalign_jax.fast.vocab import ActionVocab
-from roboalign_jax.models.qwen2_5_vl import tiny
 from roboalign_jax.parallel import mesh as mesh_lib
 from roboalign_jax.parallel import sharding as sharding_lib
-from roboalign_jax.train import backbone_io, sft
+from roboalign_jax.models import backbone as backbone_lib
+from roboalign_jax.train import sft
 
 import sft_helpers
 from qwen2_5_vl_reference import hf_forward, max_rel_err
+import tiny_qwen
 
 
 def test_init_train_export_reload_in_transformers(tmp_path):
-  init_dir = tiny.write_checkpoint(str(tmp_path / "init"), max_pixels=112 * 112)
+  init_dir = tiny_qwen.checkpoint_dir(112 * 112)
   config = sft_helpers.config(2, mixture="action_only", eval_data=False, batch=4)
   config.model.init_dir = config.data.processor_dir = init_dir
   config.export.hf_dir = str(tmp_path / "hf")
@@ -53,6 +54,6 @@ def test_init_train_export_reload_in_transformers(tmp_path):
   # The exported tokenizer keeps the action tokens at the ids the model was trained with, and
   # loading the export back changes nothing (no second vocabulary extension).
   assert ActionVocab.from_tokenizer(AutoTokenizer.from_pretrained(out_dir)) == setup.backbone.action_vocab
-  reloaded = backbone_io.load_backbone(out_dir)
+  reloaded = backbone_lib.load_dir(out_dir)
   assert reloaded.model.config.text.vocab_size == vocab
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), reloaded.params, params)

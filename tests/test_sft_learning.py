@@ -11,8 +11,8 @@ STEPS = 80
 
 def test_tiny_sft_learns_fast_tokens(tmp_path):
   config = sft_helpers.config(STEPS, mixture="action_only", batch=8)
-  config.eval.num_batches = 1
-  config.train.update(log_every=5, eval_every=STEPS)
+  config.evals.heldout.update(num_batches=1, every=STEPS)
+  config.train.update(log_every=5)
   summary = sft.train(config, str(tmp_path))
   records = read_metrics(str(tmp_path))
   loss = latest_per_step(records, "loss")

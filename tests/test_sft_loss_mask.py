@@ -9,16 +9,14 @@ import pytest
 from roboalign_jax.data.samples import Tokenizing
 from roboalign_jax.models.qwen2_5_vl import Qwen2_5_VL, Qwen2_5_VLConfig, tiny
 from roboalign_jax.train import sft, sft_batches
+import tiny_qwen
 
 ANSWERS = ("a red block and a blue bowl", "<action_start><action_3><action_17><action_end>")
 
 
 @pytest.fixture(scope="module")
-def tokenizing(tmp_path_factory):
-  out = str(tmp_path_factory.mktemp("qwen_tiny"))
-  tiny.write_tokenizer(out)
-  tiny.write_image_processor_config(out, max_pixels=112 * 112)
-  return Tokenizing(out)
+def tokenizing():
+  return Tokenizing(tiny_qwen.processor_dir(112 * 112))
 
 
 def _messages():

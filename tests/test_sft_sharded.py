@@ -4,21 +4,17 @@ import jax
 import numpy as np
 import pytest
 
-from roboalign_jax.models.qwen2_5_vl import tiny
-from roboalign_jax.parallel import mesh as mesh_lib
-from roboalign_jax.parallel import sharding as sharding_lib
 from roboalign_jax.train import sft, sft_batches
 from configs_loader import load_config
+import sharding_helpers
+import tiny_qwen
 
 BATCH, STEPS = 8, 2
 
 
 @pytest.fixture(scope="module")
-def config(tmp_path_factory):
-  out = str(tmp_path_factory.mktemp("qwen_tiny"))
-  tiny.write_tokenizer(out)
-  tiny.write_image_processor_config(out, max_pixels=112 * 112)
-  cfg = load_config(f"configs/sft.py:tiny,processor={out},steps=10")
+def config():
+  cfg = load_config(f"configs/sft.py:tiny,processor={tiny_qwen.processor_dir(112 * 112)},steps=10")
   cfg.optim.warmup_ratio = 0.0
   return cfg
 
@@ -44,22 +40,16 @@ def _batches(action_vocab, seed=0):
   return out
 
 
-def _run(config, sizes, devices):
-  mesh = mesh_lib.create_mesh(sizes, devices=devices)
-  setup = sft.build(config, mesh, num_steps=config.train.num_steps)
-  state, history = setup.state, []
-  initial = jax.device_get(state.params)
-  for batch in _batches(setup.backbone.action_vocab):
-    state, metrics = setup.step(state, sharding_lib.global_batch(batch, mesh))
-    history.append(jax.device_get(metrics))
-  return setup, initial, jax.device_get(state.params), history
+def _run(config, sizes):
+  return sharding_helpers.run_steps(lambda mesh: sft.build(config, mesh, num_steps=config.train.num_steps),
+                                    lambda setup: _batches(setup.backbone.action_vocab), sizes)
 
 
 def test_sharded_sft_step_equals_single_device(config):
   sizes = {"data": 2, "fsdp": 2, "tensor": 2}  # every mesh axis in use
-  assert jax.device_count() == 8, "tests/conftest.py should emulate 8 CPU devices"
-  _, initial, want_params, want = _run(config, {"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-  setup, _, got_params, got = _run(config, sizes, jax.devices())
+  single, sharded = _run(config, sharding_helpers.SINGLE), _run(config, sizes)
+  initial, want_params, want = single.initial, single.params, single.history
+  setup, got_params, got = sharded.setup, sharded.params, sharded.history
   for g, w in zip(got, want):
     for key in ("loss", "token_accuracy", "grad_norm", "padding_fraction"):
       np.testing.assert_allclose(g[key], w[key], rtol=2e-5, atol=1e-6, err_msg=key)

@@ -9,21 +9,17 @@ from jax.sharding import PartitionSpec as P
 from roboalign_jax.parallel import mesh as mesh_lib
 from roboalign_jax.parallel import sharding as sharding_lib
 from roboalign_jax.train import debug
+import sharding_helpers
 from configs_loader import load_config
 
 NUM_STEPS = 3
 
 
-def _run(config, sizes, devices):
-  mesh = mesh_lib.create_mesh(sizes, devices=devices)
-  setup = debug.build(config, mesh)
+def _run(config, sizes):
   data = iter(debug.make_dataset(config.data, global_batch_size=config.data.global_batch_size,
                                  process_index=0, process_count=1))
-  state, history = setup.state, []
-  for _ in range(NUM_STEPS):
-    state, metrics = setup.step(state, sharding_lib.global_batch(next(data), mesh))
-    history.append(jax.device_get(metrics))
-  return setup, state, history
+  batches = [next(data) for _ in range(NUM_STEPS)]
+  return sharding_helpers.run_steps(lambda mesh: debug.build(config, mesh), batches, sizes)
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +29,8 @@ def config():
 
 @pytest.fixture(scope="module")
 def single_device(config):
-  _, state, history = _run(config, {"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-  return jax.device_get(state), history
+  run = _run(config, sharding_helpers.SINGLE)
+  return run.params, run.history
 
 
 @pytest.mark.parametrize("sizes,expected_up_shard", [
@@ -42,14 +38,13 @@ def single_device(config):
     ({"data": 2, "fsdp": 1, "tensor": 4}, (32, 32)),
 ])
 def test_sharded_step_equals_single_device(config, single_device, sizes, expected_up_shard):
-  assert jax.device_count() == 8, "tests/conftest.py should emulate 8 CPU devices"
-  setup, state, history = _run(config, sizes, jax.devices())
-  ref_state, ref_history = single_device
+  run = _run(config, sizes)
+  setup, params, history = run.setup, run.params, run.history
+  ref_params, ref_history = single_device
   for got, want in zip(history, ref_history):
     for key in ("loss", "accuracy", "grad_norm"):
       np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=1e-6, err_msg=key)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
-               jax.device_get(state.params), ref_state.params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), params, ref_params)
 
   # Shardings follow DEFAULT_RULES: embed -> fsdp, mlp/vocab -> tensor, norms replicated.
   params = setup.shardings.params
@@ -64,7 +59,7 @@ def test_sharded_step_equals_single_device(config, single_device, sizes, expecte
   assert adam.mu["up_0"]["kernel"].spec == P("fsdp", "tensor")
   assert adam.nu["head"]["kernel"].spec == P("fsdp", "tensor")
   # And the arrays really are split that way on the devices.
-  up = state.params["up_0"]["kernel"]
+  up = run.state.params["up_0"]["kernel"]
   assert up.addressable_shards[0].data.shape == expected_up_shard
   assert len({s.device for s in up.addressable_shards}) == 8
 

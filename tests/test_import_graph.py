@@ -1,0 +1,92 @@
+"""The package's dependency graph, read from the source: subpackages form no cycle, the low layers
+never reach up (models/ and fast/ import nothing from train/, rl/, data/; rl/ nothing from
+train/), and no module hides a dependency on another of the package's modules inside a function
+(function-local imports are kept for heavy optional libraries only)."""
+
+import ast
+import os
+
+import pytest
+
+from configs_loader import REPO_ROOT
+
+PACKAGE = "roboalign_jax"
+ROOT = os.path.join(REPO_ROOT, PACKAGE)
+FORBIDDEN = {"models": {"train", "rl", "data", "policies", "demo", "eval"},
+             "fast": {"train", "rl", "data", "models", "policies", "demo", "eval"},
+             "parallel": {"train", "rl", "data", "models", "policies", "demo", "eval", "fast"},
+             "rl": {"train", "policies", "demo"},
+             "data": {"train", "rl", "policies", "demo"}}
+
+
+def _modules():
+  for directory, _, files in os.walk(ROOT):
+    for name in files:
+      if name.endswith(".py"):
+        path = os.path.join(directory, name)
+        relative = os.path.relpath(path, REPO_ROOT)[:-3].replace(os.sep, ".")
+        yield relative.removesuffix(".__init__"), path
+
+
+def _imports(path):
+  """(imported module, line, is_top_level) for every import of the package's own modules."""
+  tree = ast.parse(open(path).read(), path)
+  top_level = {id(node) for node in tree.body}
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      names = [alias.name for alias in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+      names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+    else:
+      continue
+    for name in names:
+      if name == PACKAGE or name.startswith(PACKAGE + "."):
+        yield name, node.lineno, id(node) in top_level
+
+
+def _subpackage(module):
+  parts = module.split(".")
+  return parts[1] if len(parts) > 1 else None
+
+
+@pytest.fixture(scope="module")
+def graph():
+  edges, local = {}, []
+  for module, path in _modules():
+    for name, line, top in _imports(path):
+      source, target = _subpackage(module), _subpackage(name)
+      if not top:
+        local.append(f"{os.path.relpath(path, REPO_ROOT)}:{line} imports {name} inside a function")
+      if source and target and source != target:
+        edges.setdefault(source, set()).add(target)
+  return edges, local
+
+
+def test_no_function_local_imports_of_the_package(graph):
+  _, local = graph
+  assert not local, "\n".join(local)
+
+
+def test_lower_layers_do_not_import_upper_ones(graph):
+  edges, _ = graph
+  bad = [f"{source} -> {target}" for source, forbidden in FORBIDDEN.items() for target in edges.get(source, ())
+         if target in forbidden]
+  assert not bad, bad
+
+
+def test_subpackages_form_no_cycle(graph):
+  edges, _ = graph
+  state = {}
+
+  def visit(node, trail):
+    state[node] = "open"
+    for nxt in sorted(edges.get(node, ())):
+      if state.get(nxt) == "open":
+        raise AssertionError(f"import cycle: {' -> '.join(trail + [node, nxt])}")
+      if nxt not in state:
+        visit(nxt, trail + [node])
+    state[node] = "done"
+
+  for node in sorted(edges):
+    if node not in state:
+      visit(node, [])

@@ -1,0 +1,25 @@
+"""The tiny Qwen2.5-VL every test shares, written once per test process through the backbone
+registry: a processor directory (tokenizer + image processor) and a random checkpoint directory.
+Treat both as read-only."""
+
+import functools
+import tempfile
+
+from roboalign_jax.models import backbone as backbone_lib
+from roboalign_jax.models.qwen2_5_vl import tiny
+
+
+@functools.lru_cache(maxsize=None)
+def processor_dir(max_pixels: int = 112 * 112) -> str:
+  """Tokenizer (1024-id byte-level BPE with Qwen's special tokens) + image processor config."""
+  out = tempfile.mkdtemp(prefix="tiny_qwen_processor_")
+  tiny.write_tokenizer(out)
+  tiny.write_image_processor_config(out, max_pixels=max_pixels)
+  return out
+
+
+@functools.lru_cache(maxsize=None)
+def checkpoint_dir(max_pixels: int = 112 * 112, seed: int = 0) -> str:
+  """A complete random checkpoint (weights, config, tokenizer, image processor)."""
+  return backbone_lib.family("qwen2_5_vl").write_tiny(tempfile.mkdtemp(prefix="tiny_qwen_"), seed=seed,
+                                                      max_pixels=max_pixels)
