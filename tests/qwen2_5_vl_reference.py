@@ -11,6 +11,7 @@ import torch
 from transformers import Qwen2_5_VLConfig as HFConfig
 from transformers import Qwen2_5_VLForConditionalGeneration
 
+from roboalign_jax.models import qwen2_5_vl
 from roboalign_jax.models.qwen2_5_vl import Qwen2_5_VLConfig, tiny
 
 TINY = Qwen2_5_VLConfig.from_variant("tiny")
@@ -41,6 +42,14 @@ def hf_tiny(tied: bool = False):
   tiny.write_tokenizer(out)
   tiny.write_image_processor_config(out)
   return out, model
+
+
+@functools.lru_cache(maxsize=None)
+def loaded_tiny():
+  """(our model, our params loaded from `hf_tiny()`'s directory, the HF torch model)."""
+  hf_dir, hf_model = hf_tiny()
+  model, params = qwen2_5_vl.load_pretrained(hf_dir)
+  return model, params, hf_model
 
 
 def image_tokens(grid, merge: int = 2) -> int:

@@ -9,17 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from qwen2_5_vl_reference import TINY, hf_tiny, image_block, max_rel_err, random_pixels, random_text
-from roboalign_jax.models import qwen2_5_vl
+from qwen2_5_vl_reference import TINY, image_block, loaded_tiny, max_rel_err, random_pixels, random_text
 
 NEW_TOKENS = 20
 
 
 @pytest.fixture(scope="module")
 def loaded():
-  hf_dir, hf_model = hf_tiny()
-  model, params = qwen2_5_vl.load_pretrained(hf_dir)
-  return model, params, hf_model
+  return loaded_tiny()
 
 
 def _greedy(model, params, ids, mask, pixels, grid, steps):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from qwen2_5_vl_reference import TINY, hf_tiny, image_block, random_pixels, random_text
+from qwen2_5_vl_reference import TINY, image_block, loaded_tiny, random_pixels, random_text
 from roboalign_jax.models import qwen2_5_vl
 from roboalign_jax.parallel.mesh import create_mesh
 from roboalign_jax.parallel.sharding import DEFAULT_RULES
@@ -25,9 +25,7 @@ PAD = 0
 
 @pytest.fixture(scope="module")
 def loaded():
-  hf_dir, hf_model = hf_tiny()
-  model, params = qwen2_5_vl.load_pretrained(hf_dir)
-  return model, params, hf_model
+  return loaded_tiny()
 
 
 def image_prompts():

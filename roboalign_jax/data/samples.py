@@ -149,6 +149,15 @@ def _split(samples: list[dict], token_keys: Sequence[str]) -> tuple[list[dict], 
 TOKEN_KEYS = ("input_ids", "loss_mask", "pixel_values", "image_grid_thw")
 
 
+def collate_samples(samples: list[dict], tokenizing: Tokenizing | None, *, left: bool) -> dict:
+  """Stacks samples; with a processor the token fields are padded (on the left for prompts) and
+  the vision inputs concatenated."""
+  if tokenizing is None:
+    return collate_examples(samples)
+  tokens, rest = _split(samples, TOKEN_KEYS)
+  return {**collate_examples(rest), **tokenizing.collate_tokens(tokens, left=left)}
+
+
 class FastSFTBuilder:
   """Example -> FAST SFT sample: messages, fast_ids, and (with a processor) input_ids [T],
   loss_mask [T] (1 on the assistant turn: the action tokens, <action_end>'s turn end), vision inputs."""
@@ -174,10 +183,7 @@ class FastSFTBuilder:
     return sample
 
   def collate(self, samples: list[dict]) -> dict:
-    if self.tokenizing is None:
-      return collate_examples(samples)
-    tokens, rest = _split(samples, TOKEN_KEYS)
-    return {**collate_examples(rest), **self.tokenizing.collate_tokens(tokens, left=False)}
+    return collate_samples(samples, self.tokenizing, left=False)
 
 
 class GRPOPromptBuilder(FastSFTBuilder):
@@ -198,10 +204,7 @@ class GRPOPromptBuilder(FastSFTBuilder):
     return sample
 
   def collate(self, samples: list[dict]) -> dict:
-    if self.tokenizing is None:
-      return collate_examples(samples)
-    tokens, rest = _split(samples, TOKEN_KEYS)
-    return {**collate_examples(rest), **self.tokenizing.collate_tokens(tokens, left=True)}
+    return collate_samples(samples, self.tokenizing, left=True)  # prompts: generation continues at the right
 
 
 class VLABuilder:
@@ -248,10 +251,7 @@ class VLABuilder:
     return sample
 
   def collate(self, samples: list[dict]) -> dict:
-    if self.tokenizing is None:
-      return collate_examples(samples)
-    tokens, rest = _split(samples, TOKEN_KEYS)
-    return {**collate_examples(rest), **self.tokenizing.collate_tokens(tokens, left=True)}
+    return collate_samples(samples, self.tokenizing, left=True)  # prompts: generation continues at the right
 
 
 class StandardBuilder:
