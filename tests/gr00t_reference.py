@@ -47,8 +47,16 @@ def reference_modules():
 def build_reference(action_head_cfg: dict, device: str = "cpu"):
   """GR00T's FlowmatchingActionHead for an `action_head_cfg` dict (random init, fp32)."""
   fm = reference_modules()["flow_matching_action_head"]
-  with torch.device(device):
-    return fm.FlowmatchingActionHead(fm.FlowmatchingActionHeadConfig(**json.loads(json.dumps(action_head_cfg))))
+  cfg = fm.FlowmatchingActionHeadConfig(**json.loads(json.dumps(action_head_cfg)))
+  # On the meta device (shapes only) torch's argument validation of the head's Beta distribution
+  # would read a tensor value; it validates constants (1.5, 1.0) that need no check here.
+  validate = torch.distributions.Distribution._validate_args
+  torch.distributions.Distribution.set_default_validate_args(device != "meta")
+  try:
+    with torch.device(device):
+      return fm.FlowmatchingActionHead(cfg)
+  finally:
+    torch.distributions.Distribution.set_default_validate_args(validate)
 
 
 def perturb_(module: torch.nn.Module, seed: int) -> None:

@@ -89,8 +89,10 @@ class EmbodimentLinear(nn.Module):
                    (e, x.shape[-1], self.features), self.param_dtype)
     b = self.param("b", nn.with_logical_partitioning(nn.initializers.zeros, ("embodiment", self.axes[1])),
                    (e, self.features), self.param_dtype)
-    w = jnp.take(w.astype(self.dtype), embodiment_id, axis=0, mode="fill", fill_value=jnp.nan)
-    b = jnp.take(b.astype(self.dtype), embodiment_id, axis=0, mode="fill", fill_value=jnp.nan)
+    # take() would wrap negative ids around; send them past the end, where "fill" applies.
+    ids = jnp.where(embodiment_id < 0, e, embodiment_id)
+    w = jnp.take(w.astype(self.dtype), ids, axis=0, mode="fill", fill_value=jnp.nan)
+    b = jnp.take(b.astype(self.dtype), ids, axis=0, mode="fill", fill_value=jnp.nan)
     return jnp.einsum("bti,bio->bto", x.astype(self.dtype), w) + b[:, None, :]
 
 
@@ -203,6 +205,7 @@ class AdaLayerNorm(nn.Module):
   def __call__(self, x, temb):
     d = x.shape[-1]
     mod = Dense(2 * d, ("embed", "mlp"), name="linear", dtype=self.dtype, param_dtype=self.param_dtype)(nn.silu(temb))
+    mod = nn.with_logical_constraint(mod, ("batch", "embed"))
     scale, shift = jnp.split(mod.astype(jnp.float32), 2, axis=-1)
     return (layer_norm(x, 1e-5) * (1 + scale[:, None]) + shift[:, None]).astype(self.dtype)
 
@@ -229,6 +232,7 @@ class TransformerBlock(nn.Module):
   def __call__(self, x, temb=None, context=None, key_mask=None, deterministic: bool = True):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     d = x.shape[-1]
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     if self.ada_norm:
       h = AdaLayerNorm(name="norm1", **kw)(x, temb)
     else:
@@ -247,4 +251,4 @@ class TransformerBlock(nn.Module):
     h = Dense(d, ("mlp", "embed"), name="ff_out", **kw)(h)
     if self.final_dropout:
       h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
-    return x + h
+    return nn.with_logical_constraint(x + h, ("batch", "length", "embed"))

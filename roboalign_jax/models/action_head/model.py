@@ -59,14 +59,16 @@ class DiT(nn.Module):
   def __call__(self, x, vl, bucket, vl_mask=None, deterministic: bool = True):
     c = self.config
     kw = dict(dtype=c.dtype, param_dtype=c.param_dtype)
-    temb = TimestepEncoder(c.dit_width, name="timestep_encoder", **kw)(bucket)
+    temb = nn.with_logical_constraint(TimestepEncoder(c.dit_width, name="timestep_encoder", **kw)(bucket),
+                                      ("batch", "embed"))
     for i in range(c.dit_num_layers):
       self_attention = c.dit_interleave_self_attention and i % 2 == 1
       x = TransformerBlock(c.dit_num_heads, c.dit_head_dim, c.dit_dropout, c.dit_final_dropout, ada_norm=True,
                            name=f"transformer_blocks_{i}", **kw)(
                                x, temb, None if self_attention else vl, None if self_attention else vl_mask,
                                deterministic=deterministic)
-    mod = Dense(2 * c.dit_width, ("embed", "mlp"), name="proj_out_1", **kw)(nn.silu(temb))
+    mod = nn.with_logical_constraint(Dense(2 * c.dit_width, ("embed", "mlp"), name="proj_out_1", **kw)(nn.silu(temb)),
+                                     ("batch", "embed"))
     shift, scale = jnp.split(mod.astype(jnp.float32), 2, axis=-1)
     x = (layer_norm(x, 1e-6) * (1 + scale[:, None]) + shift[:, None]).astype(c.dtype)
     return Dense(c.hidden_size, ("embed", "mlp"), name="proj_out_2", **kw)(x)
