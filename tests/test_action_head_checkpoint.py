@@ -69,9 +69,12 @@ def test_export_loads_strictly_in_reference_and_back(source, tmp_path, max_shard
   jax.tree.map(np.testing.assert_array_equal, params2, params)
 
 
-def test_projection_exports_as_eagle_linear(tmp_path):
-  config = action_head.config_from_variant("tiny", backbone_feature_dim=11, dit_num_layers=1, vl_num_layers=1)
-  params = action_head.init_params(config, jax.random.key(0))
+def test_projection_exports_as_eagle_linear(source, tmp_path):
+  head, params, _ = source
+  config = head.config.replace(backbone_feature_dim=11)
+  rng = np.random.default_rng(1)
+  params = dict(params, eagle_linear=dict(kernel=rng.normal(size=(11, 32)).astype(np.float32),
+                                          bias=rng.normal(size=(32,)).astype(np.float32)))
   action_head.export_gr00t(params, config, str(tmp_path))
   with open(tmp_path / "config.json") as f:
     full = json.load(f)
@@ -85,9 +88,7 @@ def test_projection_exports_as_eagle_linear(tmp_path):
   assert head2.config.backbone_feature_dim == 11
   jax.tree.map(np.testing.assert_array_equal, params2, params)
   # An exported head without projection writes project_to_dim null, as released N1.5 does.
-  plain = action_head.config_from_variant("tiny", dit_num_layers=1, vl_num_layers=1)
-  del params["eagle_linear"]
-  action_head.export_gr00t(params, plain, str(tmp_path / "plain"))
+  action_head.export_gr00t(source[1], head.config, str(tmp_path / "plain"))
   with open(tmp_path / "plain" / "config.json") as f:
     assert json.load(f)["backbone_cfg"]["project_to_dim"] is None
 

@@ -75,13 +75,12 @@ def test_sample_equals_reference_get_action(name):
 
 
 def test_rng_noise_and_explicit_noise_agree():
-  config = action_head.config_from_variant("tiny")
-  params = action_head.init_params(config, jax.random.key(0))
-  head = action_head.FlowMatchingHead(config)
-  vl, state, ids = _inputs(config, 2, 4, seed=3)
+  config, _, _, ckpt = _reference_checkpoint("tiny_7_steps_no_interleave")
+  head, params = action_head.load_gr00t(ckpt)
+  vl, state, ids = _inputs(config, 3, 7, seed=3)  # the parity test's shapes: compiled already
   key = jax.random.key(5)
   drawn = action_head.sample(head, params, vl, state, ids, rng=key)
-  noise = jax.random.normal(key, (2, config.action_horizon, config.action_dim))
+  noise = jax.random.normal(key, (3, config.action_horizon, config.action_dim))
   np.testing.assert_array_equal(np.asarray(drawn), np.asarray(action_head.sample(head, params, vl, state, ids,
                                                                                   noise=noise)))
   other = action_head.sample(head, params, vl, state, ids, rng=jax.random.key(6))
