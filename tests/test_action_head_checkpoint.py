@@ -9,7 +9,6 @@ import shutil
 import jax
 import numpy as np
 import pytest
-import torch
 from safetensors.numpy import load_file, save_file
 from safetensors.torch import load_file as load_torch
 
@@ -134,7 +133,8 @@ def test_config_without_action_head_cfg(source, tmp_path):
   ckpt = _copy(source[2], tmp_path / "c")
   with open(os.path.join(ckpt, "config.json"), "w") as f:
     json.dump({"model_type": "gr00t_n1_5", "backbone_cfg": {}}, f)
-  with pytest.raises(ValueError, match=r"config\.json: no 'action_head_cfg'.*keys found: \['backbone_cfg', 'model_type'\]"):
+  with pytest.raises(ValueError,
+                     match=r"config\.json: no 'action_head_cfg'.*keys found: \['backbone_cfg', 'model_type'\]"):
     action_head.load_gr00t(ckpt)
 
 

@@ -46,7 +46,8 @@ def test_embodiment_id_out_of_range(head_params):
   head, params = head_params
   vl, state, _ = _good(head.config)
   for bad in ([0, 3], [-1, 0]):
-    with pytest.raises(ValueError, match=r"embodiment_id: values \[-?\d\] outside \[0, 3\) \(max_num_embodiments = 3\)"):
+    with pytest.raises(ValueError,
+                       match=r"embodiment_id: values \[-?\d\] outside \[0, 3\) \(max_num_embodiments = 3\)"):
       action_head.sample(head, params, vl, state, np.array(bad), rng=jax.random.key(0))
   with pytest.raises(ValueError, match=r"embodiment_id: expected int \[B=2\], got shape \(3,\)"):
     action_head.sample(head, params, vl, state, np.array([0, 1, 2]), rng=jax.random.key(0))
@@ -72,7 +73,8 @@ def test_wrong_noise_actions_mask_and_vl_mask(head_params):
   head, params = head_params
   c = head.config
   vl, state, ids = _good(c)
-  with pytest.raises(ValueError, match=r"noise: expected \[B, action_horizon, action_dim\] = \[2, 6, 7\], got \(2, 6, 8\)"):
+  with pytest.raises(ValueError,
+                     match=r"noise: expected \[B, action_horizon, action_dim\] = \[2, 6, 7\], got \(2, 6, 8\)"):
     action_head.sample(head, params, vl, state, ids, noise=np.zeros((2, 6, 8), np.float32))
   with pytest.raises(ValueError, match="sample: pass noise .* or an rng"):
     action_head.sample(head, params, vl, state, ids)
