@@ -121,12 +121,14 @@ def _sample(config: ActionHeadConfig, params, vl_features, state, embodiment_id,
   variables = {"params": params}
   vl = head.apply(variables, vl_features, vl_mask, method=FlowMatchingHead.encode_vl)
   state_tokens = head.apply(variables, state, embodiment_id, method=FlowMatchingHead.encode_state)
+  # The cross-attention keys/values depend on the VL tokens only: project them once, not per step.
+  kv = head.apply(variables, vl, method=FlowMatchingHead.cross_kv)
   dt = 1.0 / config.num_inference_timesteps
 
   def step(actions, bucket):
     buckets = jnp.full((actions.shape[0],), bucket, jnp.int32)
     v = head.apply(variables, vl, state_tokens, actions, buckets, embodiment_id, vl_mask,
-                   method=FlowMatchingHead.velocity)
+                   method=FlowMatchingHead.velocity, kv=kv)
     return actions + dt * v.astype(jnp.float32), None
 
   actions, _ = jax.lax.scan(step, noise, jnp.asarray(euler_buckets(config), jnp.int32))

@@ -170,29 +170,40 @@ class Attention(nn.Module):
   """diffusers `Attention` (default processor): to_q/to_k/to_v/to_out with bias, softmax(q k^T / sqrt(d)),
   dropout after the output projection.
 
-  x [B, T, D]; context [B, S, C] (None = self-attention); key_mask bool [B, S] (True = attend;
-  None = every key, which is what GR00T does) -> [B, T, D].
+  x [B, T, width]; context [B, S, C] (None = self-attention); key_mask bool [B, S] (True = attend;
+  None = every key, which is what GR00T does) -> [B, T, width]. `kv(context)` computes the keys
+  and values alone, so a sampler can project the VL tokens once and pass `kv=` to every step.
   """
+  width: int
   num_heads: int
   head_dim: int
   dropout: float
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
-  @nn.compact
-  def __call__(self, x, context=None, key_mask=None, deterministic: bool = True):
+  def setup(self):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    context = x if context is None else context
-    b, t, d = x.shape
-    s = context.shape[1]
     inner = self.num_heads * self.head_dim
-    q = Dense(inner, ("embed", "heads"), name="to_q", **kw)(x).reshape(b, t, self.num_heads, self.head_dim)
-    k = Dense(inner, ("embed", "heads"), name="to_k", **kw)(context).reshape(b, s, self.num_heads, self.head_dim)
-    v = Dense(inner, ("embed", "heads"), name="to_v", **kw)(context).reshape(b, s, self.num_heads, self.head_dim)
+    self.to_q = Dense(inner, ("embed", "heads"), **kw)
+    self.to_k = Dense(inner, ("embed", "heads"), **kw)
+    self.to_v = Dense(inner, ("embed", "heads"), **kw)
+    self.to_out = Dense(self.width, ("heads", "embed"), **kw)
+    self.out_dropout = nn.Dropout(self.dropout)
+
+  def kv(self, context):
+    """context [B, S, C] -> (keys, values), each [B, S, heads, head_dim]."""
+    b, s, _ = context.shape
+    split = lambda y: y.reshape(b, s, self.num_heads, self.head_dim)
+    return split(self.to_k(context)), split(self.to_v(context))
+
+  def __call__(self, x, context=None, key_mask=None, deterministic: bool = True, kv=None):
+    b, t, _ = x.shape
+    k, v = self.kv(x if context is None else context) if kv is None else kv
+    q = self.to_q(x).reshape(b, t, self.num_heads, self.head_dim)
     mask = None if key_mask is None else key_mask[:, None, None, :].astype(bool)
     out = jax.nn.dot_product_attention(q, k, v, mask=mask)
-    out = Dense(d, ("heads", "embed"), name="to_out", **kw)(out.reshape(b, t, inner))
-    return nn.Dropout(self.dropout)(out, deterministic=deterministic)
+    out = self.to_out(out.reshape(b, t, self.num_heads * self.head_dim))
+    return self.out_dropout(out, deterministic=deterministic)
 
 
 class AdaLayerNorm(nn.Module):
@@ -219,7 +230,9 @@ class TransformerBlock(nn.Module):
   `ada_norm=True` (DiT): norm1 is AdaLayerNorm, `LN(x) * (1 + scale) + shift` with
   (scale, shift) = Linear(SiLU(temb)), LN and norm3 without affine (eps 1e-5).
   `ada_norm=False` (VL self-attention): norm1 and norm3 are affine LayerNorms (eps 1e-5).
+  x [B, T, width] -> [B, T, width]; `kv` as for `Attention` (precomputed from `context`).
   """
+  width: int
   num_heads: int
   head_dim: int
   dropout: float
@@ -228,27 +241,34 @@ class TransformerBlock(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
-  @nn.compact
-  def __call__(self, x, temb=None, context=None, key_mask=None, deterministic: bool = True):
+  def setup(self):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    d = x.shape[-1]
+    if self.ada_norm:
+      self.norm1 = AdaLayerNorm(**kw)
+    else:
+      self.norm1 = LayerNorm(1e-5, **kw)
+      self.norm3 = LayerNorm(1e-5, **kw)
+    self.attn1 = Attention(self.width, self.num_heads, self.head_dim, self.dropout, **kw)
+    self.ff_in = Dense(4 * self.width, ("embed", "mlp"), **kw)
+    self.ff_out = Dense(self.width, ("mlp", "embed"), **kw)
+    # Dropout sites: after attention (final_dropout), inside and at the end of the feed-forward.
+    self.attn_dropout = nn.Dropout(self.dropout)
+    self.ff_dropout = nn.Dropout(self.dropout)
+    self.ff_final_dropout = nn.Dropout(self.dropout)
+
+  def kv(self, context):
+    return self.attn1.kv(context)
+
+  def __call__(self, x, temb=None, context=None, key_mask=None, deterministic: bool = True, kv=None):
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-    if self.ada_norm:
-      h = AdaLayerNorm(name="norm1", **kw)(x, temb)
-    else:
-      h = LayerNorm(1e-5, name="norm1", **kw)(x)
-    attn = Attention(self.num_heads, self.head_dim, self.dropout, name="attn1", **kw)(
-        h, context, key_mask, deterministic=deterministic)
+    h = self.norm1(x, temb) if self.ada_norm else self.norm1(x)
+    attn = self.attn1(h, context, key_mask, deterministic=deterministic, kv=kv)
     if self.final_dropout:
-      attn = nn.Dropout(self.dropout)(attn, deterministic=deterministic)
+      attn = self.attn_dropout(attn, deterministic=deterministic)
     x = x + attn
-    if self.ada_norm:
-      h = layer_norm(x, 1e-5).astype(self.dtype)
-    else:
-      h = LayerNorm(1e-5, name="norm3", **kw)(x)
-    h = nn.gelu(Dense(4 * d, ("embed", "mlp"), name="ff_in", **kw)(h), approximate=True)
-    h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
-    h = Dense(d, ("mlp", "embed"), name="ff_out", **kw)(h)
+    h = layer_norm(x, 1e-5).astype(self.dtype) if self.ada_norm else self.norm3(x)
+    h = self.ff_dropout(nn.gelu(self.ff_in(h), approximate=True), deterministic=deterministic)
+    h = self.ff_out(h)
     if self.final_dropout:
-      h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+      h = self.ff_final_dropout(h, deterministic=deterministic)
     return nn.with_logical_constraint(x + h, ("batch", "length", "embed"))

@@ -9,8 +9,9 @@ Data flow (shapes for the released config; B batch, T VL tokens, H = action_hori
     [state, future x 32, action x H] --DiT (16 blocks, cross-attends vl, AdaLN on temb(bucket))--> [B, 49, 1024]
     last H tokens          --action_decoder (per embodiment)--> velocity [B, H, 32]
 
-Methods, each usable through `apply(..., method=...)`: `encode_vl`, `encode_state` (done once per
-sample), `velocity` (once per Euler step), and `__call__` = all three (training). GR00T passes no
+Methods, each usable through `apply(..., method=...)`: `encode_vl`, `encode_state`, `cross_kv` (done
+once per sample), `velocity` (once per Euler step), and `__call__` = the first two and `velocity`
+(training). GR00T passes no
 padding mask to the VL self-attention or the cross-attention; `vl_mask=None` reproduces that,
 a bool `vl_mask` [B, T] (True = real token) removes padded tokens from the keys — our extension
 for left-padded prompts.
@@ -40,8 +41,8 @@ class VLSelfAttention(nn.Module):
   def __call__(self, x, vl_mask=None, deterministic: bool = True):
     c = self.config
     for i in range(c.vl_num_layers):
-      x = TransformerBlock(c.vl_num_heads, c.vl_head_dim, c.vl_dropout, c.vl_final_dropout, ada_norm=False,
-                           dtype=c.dtype, param_dtype=c.param_dtype, name=f"transformer_blocks_{i}")(
+      x = TransformerBlock(c.backbone_embedding_dim, c.vl_num_heads, c.vl_head_dim, c.vl_dropout, c.vl_final_dropout,
+                           ada_norm=False, dtype=c.dtype, param_dtype=c.param_dtype, name=f"transformer_blocks_{i}")(
                                x, key_mask=vl_mask, deterministic=deterministic)
     return x
 
@@ -52,26 +53,40 @@ class DiT(nn.Module):
   with (shift, scale) = proj_out_1(SiLU(temb)), then proj_out_2.
 
   x [B, L, dit_width], vl [B, T, backbone_embedding_dim], bucket int [B] -> [B, L, hidden_size].
+  `cross_kv(vl)` projects the VL tokens for every cross-attention block once; passing the result
+  as `kv` skips those projections (the sampler reuses them across Euler steps: they do not
+  depend on the step).
   """
   config: ActionHeadConfig
 
-  @nn.compact
-  def __call__(self, x, vl, bucket, vl_mask=None, deterministic: bool = True):
+  def setup(self):
     c = self.config
     kw = dict(dtype=c.dtype, param_dtype=c.param_dtype)
-    temb = nn.with_logical_constraint(TimestepEncoder(c.dit_width, name="timestep_encoder", **kw)(bucket),
-                                      ("batch", "embed"))
-    for i in range(c.dit_num_layers):
-      self_attention = c.dit_interleave_self_attention and i % 2 == 1
-      x = TransformerBlock(c.dit_num_heads, c.dit_head_dim, c.dit_dropout, c.dit_final_dropout, ada_norm=True,
-                           name=f"transformer_blocks_{i}", **kw)(
-                               x, temb, None if self_attention else vl, None if self_attention else vl_mask,
-                               deterministic=deterministic)
-    mod = nn.with_logical_constraint(Dense(2 * c.dit_width, ("embed", "mlp"), name="proj_out_1", **kw)(nn.silu(temb)),
-                                     ("batch", "embed"))
+    self.timestep_encoder = TimestepEncoder(c.dit_width, **kw)
+    self.transformer_blocks = [
+        TransformerBlock(c.dit_width, c.dit_num_heads, c.dit_head_dim, c.dit_dropout, c.dit_final_dropout,
+                         ada_norm=True, **kw) for _ in range(c.dit_num_layers)]
+    self.proj_out_1 = Dense(2 * c.dit_width, ("embed", "mlp"), **kw)
+    self.proj_out_2 = Dense(c.hidden_size, ("embed", "mlp"), **kw)
+
+  def _cross(self, i: int) -> bool:
+    return not (self.config.dit_interleave_self_attention and i % 2 == 1)
+
+  def cross_kv(self, vl):
+    """Per block: (keys, values) of the VL tokens for cross-attention blocks, None for the others."""
+    return [blk.kv(vl) if self._cross(i) else None for i, blk in enumerate(self.transformer_blocks)]
+
+  def __call__(self, x, vl, bucket, vl_mask=None, deterministic: bool = True, kv=None):
+    c = self.config
+    temb = nn.with_logical_constraint(self.timestep_encoder(bucket), ("batch", "embed"))
+    for i, blk in enumerate(self.transformer_blocks):
+      cross = self._cross(i)
+      x = blk(x, temb, vl if cross else None, vl_mask if cross else None, deterministic=deterministic,
+              kv=kv[i] if kv is not None else None)
+    mod = nn.with_logical_constraint(self.proj_out_1(nn.silu(temb)), ("batch", "embed"))
     shift, scale = jnp.split(mod.astype(jnp.float32), 2, axis=-1)
     x = (layer_norm(x, 1e-6) * (1 + scale[:, None]) + shift[:, None]).astype(c.dtype)
-    return Dense(c.hidden_size, ("embed", "mlp"), name="proj_out_2", **kw)(x)
+    return self.proj_out_2(x)
 
 
 class ActionEncoder(nn.Module):
@@ -132,8 +147,14 @@ class FlowMatchingHead(nn.Module):
     """state [B, S, max_state_dim] -> state tokens [B, S, input_embedding_dim]."""
     return self.state_encoder(state.astype(self.config.dtype), embodiment_id)
 
-  def velocity(self, vl_tokens, state_tokens, x_t, bucket, embodiment_id, vl_mask=None, deterministic: bool = True):
-    """Predicted velocity [B, H, action_dim] for x_t [B, H, action_dim] at bucket int [B]."""
+  def cross_kv(self, vl_tokens):
+    """The DiT's cross-attention keys/values of `encode_vl`'s tokens (see `DiT.cross_kv`)."""
+    return self.model.cross_kv(vl_tokens)
+
+  def velocity(self, vl_tokens, state_tokens, x_t, bucket, embodiment_id, vl_mask=None, deterministic: bool = True,
+               kv=None):
+    """Predicted velocity [B, H, action_dim] for x_t [B, H, action_dim] at bucket int [B]; `kv` =
+    `cross_kv(vl_tokens)` when already computed."""
     c = self.config
     b, h, _ = x_t.shape
     actions = self.action_encoder(x_t.astype(c.dtype), bucket, embodiment_id)
@@ -142,7 +163,7 @@ class FlowMatchingHead(nn.Module):
     future = jnp.broadcast_to(self.future_tokens.astype(c.dtype)[None], (b, *self.future_tokens.shape))
     tokens = jnp.concatenate([state_tokens.astype(c.dtype), future, actions], axis=1)
     tokens = nn.with_logical_constraint(tokens, ("batch", "length", "embed"))
-    out = self.model(tokens, vl_tokens, bucket, vl_mask, deterministic)
+    out = self.model(tokens, vl_tokens, bucket, vl_mask, deterministic, kv=kv)
     # The decoder is per token, so decoding only the action positions equals GR00T's decode-then-slice.
     return self.action_decoder(out[:, -h:], embodiment_id)
 
