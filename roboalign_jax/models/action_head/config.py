@@ -38,8 +38,10 @@ class ActionHeadConfig:
   `backbone.eagle_linear.{weight,bias}` with `project_to_dim = backbone_embedding_dim`. For
   Qwen2.5-VL-7B use `config_from_variant("gr00t_n1_5", backbone_feature_dim=3584)`: every head
   tensor keeps the N1.5 shape (so N1.5 weights can initialise it) and the only new parameters
-  are the 3584 x 2048 projection, instead of resizing the VL self-attention and all 16
-  cross-attention K/V projections to the backbone width.
+  are the 3584 x 2048 projection, instead of resizing the VL self-attention and the K/V
+  projections of the 8 cross-attention blocks to the backbone width. (GR00T's Eagle backbone
+  builds eagle_linear with 2048 inputs, so a 3584-wide one loads in GR00T's head-only path,
+  not into its Eagle backbone.)
 
   `dtype` is the compute dtype; parameters are stored in `param_dtype` (fp32 by default).
   """
