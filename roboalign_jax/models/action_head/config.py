@@ -39,9 +39,9 @@ class ActionHeadConfig:
   Qwen2.5-VL-7B use `config_from_variant("gr00t_n1_5", backbone_feature_dim=3584)`: every head
   tensor keeps the N1.5 shape (so N1.5 weights can initialise it) and the only new parameters
   are the 3584 x 2048 projection, instead of resizing the VL self-attention and the K/V
-  projections of the 8 cross-attention blocks to the backbone width. (GR00T's Eagle backbone
-  builds eagle_linear with 2048 inputs, so a 3584-wide one loads in GR00T's head-only path,
-  not into its Eagle backbone.)
+  projections of the 8 cross-attention blocks to the backbone width. (The `action_head.*`
+  tensors of such an export load into GR00T's FlowmatchingActionHead; the 3584-input
+  eagle_linear does not fit GR00T's Eagle backbone, which builds it with 2048 inputs.)
 
   `dtype` is the compute dtype; parameters are stored in `param_dtype` (fp32 by default).
   """
