@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, Callable
 
 import grain
 import jax
@@ -176,11 +176,16 @@ def make_examples(data: ml_collections.ConfigDict, split: str = "train", *,
 
 
 def make_dataset(data: ml_collections.ConfigDict, split: str = "train", *, process_index: int | None = None,
-                 process_count: int | None = None, handles: list[DatasetHandle] | None = None) -> grain.IterDataset:
+                 process_count: int | None = None, handles: list[DatasetHandle] | None = None,
+                 read: Callable[[int, int], dict] | None = None,
+                 collate_fn: Callable[[list[dict]], dict] | None = None) -> grain.IterDataset:
   """This process's batches of `data.sample` samples (see samples.py), as a Grain IterDataset.
 
   Training streams repeat forever in a seeded order; other splits are one ordered pass (the last
   incomplete global batch is dropped). Batches are dicts of arrays (strings as lists).
+  `read(dataset id, flat step id) -> sample` and `collate_fn` replace the step reader and sample
+  builder while keeping the order, mixture, sharding and checkpointable position (Stage 3 reads
+  cached backbone features this way).
   """
   train = split == "train"
   process_index = jax.process_index() if process_index is None else process_index
@@ -191,9 +196,9 @@ def make_dataset(data: ml_collections.ConfigDict, split: str = "train", *, proce
                      f"{process_count} processes")
   local = global_batch // process_count
   handles = handles if handles is not None else (open_datasets(data, split) if data.datasets else [])
-  reader = StepReader(handles, data, train=train) if handles else None
-  builder = samples.make_builder(data)
-  conversations = _conversation_sources(data)
+  reader = StepReader(handles, data, train=train) if handles and read is None else None
+  builder = samples.make_builder(data) if read is None else None
+  conversations = _conversation_sources(data) if read is None else []
   if conversations and (data.sample != "fast_sft" or builder.tokenizing is None):
     raise ValueError("config.data.conversations are mixed in as tokenised SFT samples; set "
                      "config.data.sample='fast_sft' and config.data.processor_dir")
@@ -207,16 +212,20 @@ def make_dataset(data: ml_collections.ConfigDict, split: str = "train", *, proce
       record = source[s]
       return {"messages": record["messages"], "source": source.name,
               **builder.tokenizing.conversation(record["messages"], record["images"])}
+    if read is not None:
+      return read(d, s)
     return {**builder(reader(d, s, p)), "source": handles[d].name}
+
+  collate_batch = collate_fn or builder.collate
 
   def build(batch):
     dataset_ids, step_ids, where = (np.asarray(x)[start:start + local] for x in batch)
-    return builder.collate([example(int(d), int(s), int(p)) for d, s, p in zip(dataset_ids, step_ids, where)])
+    return collate_batch([example(int(d), int(s), int(p)) for d, s, p in zip(dataset_ids, step_ids, where)])
 
   # A few threads suffice (decoding releases the GIL); Grain's default of 16 threads and 500
   # batches of read-ahead would build hundreds of batches up front.
-  read = grain.ReadOptions(num_threads=data.num_threads, prefetch_buffer_size=data.prefetch_buffer)
-  stream = rows.map(build).to_iter_dataset(read)
+  read_options = grain.ReadOptions(num_threads=data.num_threads, prefetch_buffer_size=data.prefetch_buffer)
+  stream = rows.map(build).to_iter_dataset(read_options)
   if data.num_workers > 0:
     if not flags.FLAGS.is_parsed():
       # Grain's worker pool reads its absl flags; outside an absl app (tests, notebooks) they

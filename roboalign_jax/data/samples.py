@@ -54,6 +54,13 @@ def fast_messages(image: np.ndarray, instruction: str, fast_ids: Sequence[int] |
   return messages
 
 
+def vla_messages(images: Sequence[np.ndarray], instruction: str, *, system: str = SYSTEM_PROMPT) -> list[dict]:
+  """The Stage 3 backbone prompt: every camera image, then the SFT user text (no answer)."""
+  return [{"role": "system", "content": system},
+          {"role": "user", "content": [*({"type": "image", "image": im} for im in images),
+                                       {"type": "text", "text": user_text(instruction)}]}]
+
+
 def primary_image(example: dict) -> np.ndarray:
   """The current frame of the first camera: uint8 [H, W, 3]."""
   return example["images"][0, -1]
@@ -75,8 +82,11 @@ def pad_to(rows: Sequence[np.ndarray], length: int, value: int, *, left: bool) -
 class Tokenizing:
   """Tokenises conversations with the backbone processor (shared by the builders)."""
 
-  def __init__(self, processor_dir: str, max_seq_len: int = 0, family: str = "qwen2_5_vl"):
-    self.processor, self.action_vocab = backbone_lib.load_processor(family, processor_dir)
+  def __init__(self, processor_dir: str = "", max_seq_len: int = 0, family: str = "qwen2_5_vl", *,
+               processor: Any = None, action_vocab: Any = None):
+    if processor is None:
+      processor, action_vocab = backbone_lib.load_processor(family, processor_dir)
+    self.processor, self.action_vocab = processor, action_vocab
     self.max_seq_len = max_seq_len
 
   def prompt(self, messages: list[dict], images: list) -> dict:
@@ -244,10 +254,8 @@ class VLABuilder:
               "instruction": example["instruction"]}
     if self.tokenizing is not None:
       present = [im for im, ok in zip(sample["images"], image_mask) if ok]
-      messages = [{"role": "system", "content": self.system},
-                  {"role": "user", "content": [*({"type": "image", "image": im} for im in present),
-                                               {"type": "text", "text": user_text(example["instruction"])}]}]
-      sample.update(self.tokenizing.prompt(messages, present))
+      sample.update(self.tokenizing.prompt(vla_messages(present, example["instruction"], system=self.system),
+                                           present))
     return sample
 
   def collate(self, samples: list[dict]) -> dict:

@@ -23,6 +23,8 @@ Model calls every family's Flax module offers (see `models/qwen2_5_vl/model.py`)
 from __future__ import annotations
 
 import dataclasses
+import glob
+import hashlib
 import importlib
 import os
 from typing import Any, Callable
@@ -98,6 +100,10 @@ class Backbone:
     """Writes `params` as a directory `load` (and the family's reference library) reads back."""
     return self.family.export(params, self, out_dir)
 
+  def save_processor(self, out_dir: str) -> str:
+    """Writes the processor files (tokenizer with the action tokens, image processor, template)."""
+    return self.family.save_processor(self, out_dir)
+
 
 @dataclasses.dataclass(frozen=True)
 class BackboneFamily:
@@ -106,7 +112,7 @@ class BackboneFamily:
   load(dir, dtype, compute_dtype, remat) -> Backbone with params (vocabulary extended).
   random_init(variant, processor_dir, dtype, compute_dtype, remat) -> Backbone with params None.
   load_processor(dir) -> (processor with the action tokens, ActionVocab).
-  export(params, backbone, out_dir) -> out_dir.
+  export(params, backbone, out_dir) -> out_dir; save_processor(backbone, out_dir) -> out_dir.
   write_tiny(out_dir, **kw) -> a tiny random checkpoint directory (tests, demos).
   """
   name: str
@@ -114,6 +120,7 @@ class BackboneFamily:
   random_init: Callable[..., Backbone]
   load_processor: Callable[[str], tuple[Any, ActionVocab]]
   export: Callable[[Any, Backbone, str], str]
+  save_processor: Callable[[Backbone, str], str]
   dummy_inputs: Callable[[Any], tuple]
   write_tiny: Callable[..., str]
   hidden_size: Callable[[Any], int]
@@ -165,3 +172,28 @@ def load_dir(hf_dir: str, *, family_name: str = "qwen2_5_vl", dtype=jnp.float32,
 def load_processor(family_name: str, processor_dir: str) -> tuple[Any, ActionVocab]:
   """(processor whose tokenizer holds the action tokens, ActionVocab) from a checkpoint directory."""
   return family(family_name).load_processor(processor_dir)
+
+
+def layer_features(model: Any, params: Any, input_ids, attention_mask, pixel_values, image_grid_thw, *, layer: int,
+                   frame_patches: int | None = None):
+  """Hidden states after decoder layer `layer` (1-based; HF's hidden_states[layer]), computing only
+  the layers up to it: float [B, T, hidden]. What Stage 3's head reads (layer 18 of Qwen2.5-VL-7B)."""
+  out = model.apply({"params": params}, input_ids, attention_mask, pixel_values, image_grid_thw,
+                    num_layers=layer, output_hidden_states=True, frame_patches=frame_patches)
+  return out.hidden_states[layer]
+
+
+def content_hash(checkpoint_dir: str) -> str:
+  """sha256 over a checkpoint directory's config.json and weight files (names and bytes): what
+  identifies the weights a run was trained on, whatever the directory is called later."""
+  files = sorted(glob.glob(os.path.join(checkpoint_dir, "*.safetensors")))
+  config = os.path.join(checkpoint_dir, "config.json")
+  if not files or not os.path.isfile(config):
+    raise FileNotFoundError(f"{checkpoint_dir!r} has no config.json and *.safetensors to identify the backbone by")
+  digest = hashlib.sha256()
+  for path in [config, *files]:
+    digest.update(os.path.basename(path).encode() + b"\0")
+    with open(path, "rb") as f:
+      for block in iter(lambda: f.read(1 << 24), b""):
+        digest.update(block)
+  return digest.hexdigest()

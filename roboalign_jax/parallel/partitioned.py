@@ -40,18 +40,22 @@ class ShardedStep:
   """A jitted `fn(state, batch, *extra) -> (state, metrics)` with explicit shardings.
 
   The state is donated (its buffers are reused for the new state), the batch is split over the
-  data-parallel axes, metrics come back replicated. Tracing happens inside the activation
-  context so the modules' `nn.with_logical_constraint` annotations take effect.
+  data-parallel axes, metrics come back replicated. Extra arguments are replicated, or placed by
+  `extra_shardings` (e.g. a frozen backbone's parameters, sharded like a train state). Tracing
+  happens inside the activation context so the modules' `nn.with_logical_constraint`
+  annotations take effect.
   """
 
   def __init__(self, fn: Callable[..., Any], mesh: Mesh, rules, state_shardings: Any,
-               *, num_extra_args: int = 0, donate_state: bool = True):
+               *, num_extra_args: int = 0, donate_state: bool = True, extra_shardings: tuple | None = None):
     self.mesh, self.rules = mesh, rules
     batch = sharding_lib.batch_sharding(mesh)
     replicated = sharding_lib.replicated(mesh)
+    if extra_shardings is None:
+      extra_shardings = (replicated,) * num_extra_args
     self._jitted = jax.jit(
         fn,
-        in_shardings=(state_shardings, batch) + (replicated,) * num_extra_args,
+        in_shardings=(state_shardings, batch) + tuple(extra_shardings),
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,) if donate_state else ())
 

@@ -51,6 +51,8 @@ class Stage:
   export: `(final state) -> summary entries` (e.g. {"hf_dir": path}); runs on every process at the
     end of an uninterrupted run, which then waits for all processes.
   progress_keys: metrics shown on the progress bar.
+  check_metadata: called with the metadata of the checkpoint a run resumes from; raises when
+    that checkpoint cannot continue this run (e.g. Stage 3 trained on another backbone).
   """
   name: str
   state: Any
@@ -62,6 +64,7 @@ class Stage:
   evaluators: Sequence[Evaluator] = ()
   export: Callable[[Any], dict[str, Any]] | None = None
   progress_keys: tuple[str, ...] = ("loss", "accuracy")
+  check_metadata: Callable[[dict], None] | None = None
 
 
 def make_checkpointer(config: ml_collections.ConfigDict, workdir: str) -> Checkpointer:
@@ -122,7 +125,9 @@ def _train(config, mesh, stage: Stage, checkpointer: Checkpointer, writer: Metri
   restored = checkpointer.restore_latest(stage.abstract_state, data_iter=data_iter, fallback=fallback)
   step, resumed_from = 0, None
   if restored is not None:
-    resumed_from, state, _ = restored
+    resumed_from, state, restored_metadata = restored
+    if stage.check_metadata is not None:
+      stage.check_metadata(restored_metadata)
     step = resumed_from
     log.info("resumed from checkpoint at step %d", resumed_from)
     writer.write(resumed_from, {}, event="resumed")

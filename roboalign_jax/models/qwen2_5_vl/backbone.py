@@ -61,10 +61,10 @@ def random_init(variant: str, processor_dir: str, *, dtype=jnp.float32, compute_
                   action_vocab=action_vocab, source_dir=os.path.abspath(processor_dir))
 
 
-def export(params: dict, backbone: Backbone, out_dir: str) -> str:
-  """HF checkpoint directory loadable by `load` and by transformers. Returns `out_dir`."""
+def save_processor(backbone: Backbone, out_dir: str) -> str:
+  """The tokenizer (with the action tokens) and the image-processor / chat-template files of the
+  source directory: what `load_processor(out_dir)` reads back."""
   os.makedirs(out_dir, exist_ok=True)
-  checkpoint_io.save_pretrained(params, backbone.model.config, out_dir)
   backbone.tokenizer.save_pretrained(out_dir)
   for name in _PROCESSOR_FILES:
     src = os.path.join(backbone.source_dir, name)
@@ -73,12 +73,20 @@ def export(params: dict, backbone: Backbone, out_dir: str) -> str:
   return out_dir
 
 
+def export(params: dict, backbone: Backbone, out_dir: str) -> str:
+  """HF checkpoint directory loadable by `load` and by transformers. Returns `out_dir`."""
+  os.makedirs(out_dir, exist_ok=True)
+  checkpoint_io.save_pretrained(params, backbone.model.config, out_dir)
+  return save_processor(backbone, out_dir)
+
+
 def vision_token_ids(config: Qwen2_5_VLConfig) -> tuple[int, ...]:
   return (config.image_token_id, config.video_token_id, config.vision_start_token_id, config.vision_end_token_id)
 
 
 FAMILY = BackboneFamily(
     name="qwen2_5_vl", load=load, random_init=random_init, load_processor=load_processor, export=export,
+    save_processor=save_processor,
     dummy_inputs=checkpoint_io.dummy_inputs, write_tiny=tiny.write_checkpoint,
     hidden_size=lambda c: c.text.hidden_size, num_layers=lambda c: c.text.num_hidden_layers,
     patch_dim=lambda c: c.vision.patch_dim, vision_token_ids=vision_token_ids,
