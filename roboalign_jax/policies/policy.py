@@ -32,6 +32,7 @@ FORMAT_VERSION = 1
 # policy.json "kind" -> "module:function" loading that kind from (directory, description).
 KINDS: dict[str, str] = {
     "fast": "roboalign_jax.policies.fast_policy:load",
+    "vla": "roboalign_jax.policies.vla_policy:load",
 }
 
 

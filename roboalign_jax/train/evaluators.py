@@ -21,6 +21,7 @@ import ml_collections
 EVALUATORS: dict[str, str] = {
     "debug_heldout": "roboalign_jax.train.debug:make_heldout_evaluator",
     "sft_heldout": "roboalign_jax.train.sft_eval:make_evaluator",
+    "vla_action_mse": "roboalign_jax.train.vla:make_heldout_evaluator",
 }
 
 

@@ -12,6 +12,7 @@ TRAINERS: dict[str, str] = {
     "debug": "roboalign_jax.train.debug:train",
     "grpo": "roboalign_jax.train.grpo:train",
     "sft": "roboalign_jax.train.sft:train",
+    "vla": "roboalign_jax.train.vla:train",
 }
 
 
