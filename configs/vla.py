@@ -13,7 +13,8 @@ Variants: `libero` (60K steps), `calvin` (100K), `real` (30K): batch 32, GR00T N
 recipe (AdamW beta (0.95, 0.999), eps 1e-8, lr 1e-4, weight decay 1e-5 on matrices only, warmup
 ratio 0.05, cosine, clip 1.0, bf16), head `gr00t_n1_5`, primary + wrist camera at 224 px,
 horizon 16, state padded to 64, actions to 32; `tiny` (the tiny head on a tiny backbone and a
-fixture, minutes on a 2-core CPU).
+fixture, minutes on a 2-core CPU; the `small` head: GR00T's structure at widths 64-128 with
+fan-in initialisation of its per-embodiment layers).
 Arguments: backbone (checkpoint directory; its tokenizer/processor are used), data (TFDS version
 directory), spec (its layout: libero, calvin, bridge), eval_data (held-out episodes for the
 offline action-MSE evaluator), head_init (a GR00T N1.5 checkpoint directory to start the head
@@ -76,7 +77,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.checkpoint.every_steps = 5000
 
   if args.variant == "tiny":
-    config.head.variant = "tiny"
+    config.head.variant = "small"
     config.data.update(image_size=(112, 112), global_batch_size=8, max_seq_len=192, num_threads=2, prefetch_buffer=2,
                        shuffle_block_episodes=8, cache_episodes=16)
     config.evals.heldout.update(every=100, num_batches=2, batch_size=8)

@@ -77,6 +77,11 @@ class ActionHeadConfig:
   noise_beta_alpha: float = 1.5
   noise_beta_beta: float = 1.0
   noise_s: float = 0.999
+  # Initial std of the per-embodiment encoder/decoder weights: GR00T's 0.02, i.e. about 1/sqrt(fan in)
+  # at its widths (1024-3072). At CPU-sized widths (32-128) 0.02 shrinks every such layer's output
+  # ~10x and the head barely reads its inputs for thousands of steps; 0 = 1/sqrt(fan in). Only the
+  # initialisation depends on it (checkpoints do not record it).
+  embodiment_init_std: float = 0.02
   # numerics
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -128,6 +133,9 @@ class ActionHeadConfig:
     if self.add_pos_embed and self.max_seq_len < self.action_horizon:
       raise ValueError(f"action head config: max_seq_len {self.max_seq_len} (position table rows) < "
                        f"action_horizon {self.action_horizon}")
+    if self.embodiment_init_std < 0:
+      raise ValueError(f"action head config: embodiment_init_std={self.embodiment_init_std} must be >= 0 "
+                       "(0 = 1/sqrt(fan in))")
     for k in ("dit_dropout", "vl_dropout"):
       if not 0.0 <= getattr(self, k) < 1.0:
         raise ValueError(f"action head config: {k}={getattr(self, k)} must be in [0, 1)")
@@ -245,6 +253,11 @@ def _variants() -> dict[str, dict]:
                    backbone_embedding_dim=32, dit_num_layers=4, dit_num_heads=4, dit_head_dim=12,
                    vl_num_layers=2, vl_num_heads=4, vl_head_dim=8, num_target_vision_tokens=4,
                    max_seq_len=32, max_num_embodiments=3),
+      # The smallest head that learns in CPU budgets (Stage 3's tiny config): GR00T's structure at
+      # widths 64-128, fan-in initialisation of the per-embodiment layers (see embodiment_init_std).
+      "small": dict(hidden_size=128, input_embedding_dim=128, backbone_embedding_dim=64, dit_num_layers=4,
+                    dit_num_heads=8, dit_head_dim=16, vl_num_layers=1, vl_num_heads=4, vl_head_dim=16,
+                    num_target_vision_tokens=8, max_seq_len=64, embodiment_init_std=0.0),
   }
 
 
@@ -252,7 +265,8 @@ VARIANTS = tuple(_variants())
 
 
 def config_from_variant(variant: str, **overrides) -> ActionHeadConfig:
-  """`"gr00t_n1_5"` (released shapes) or `"tiny"` (CPU tests), with field overrides."""
+  """`"gr00t_n1_5"` (released shapes), `"tiny"` (parity tests: odd widths) or `"small"` (CPU
+  training), with field overrides."""
   table = _variants()
   if variant not in table:
     raise ValueError(f"unknown action head variant {variant!r}; expected one of {list(table)}")

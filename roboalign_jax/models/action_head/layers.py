@@ -72,7 +72,8 @@ class LayerNorm(nn.Module):
 class EmbodimentLinear(nn.Module):
   """GR00T's CategorySpecificLinear: one [in, out] weight and [out] bias per embodiment.
 
-  x [B, T, in], embodiment_id int [B] -> [B, T, out]. W: [E, in, out] ~ 0.02 N(0, 1), b: [E, out] = 0.
+  x [B, T, in], embodiment_id int [B] -> [B, T, out]. W: [E, in, out] ~ init_std N(0, 1) (GR00T:
+  0.02; 0 = 1/sqrt(in)), b: [E, out] = 0.
   An id outside [0, E) selects NaN weights, so a bad id poisons its row's output instead of
   silently reading another embodiment's weights (JAX clamps out-of-range gathers).
   """
@@ -81,11 +82,13 @@ class EmbodimentLinear(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   num_embodiments: int = 32
+  init_std: float = 0.02
 
   @nn.compact
   def __call__(self, x: jax.Array, embodiment_id: jax.Array) -> jax.Array:
     e = self.num_embodiments
-    w = self.param("W", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embodiment", *self.axes)),
+    std = self.init_std or x.shape[-1] ** -0.5
+    w = self.param("W", nn.with_logical_partitioning(nn.initializers.normal(std), ("embodiment", *self.axes)),
                    (e, x.shape[-1], self.features), self.param_dtype)
     b = self.param("b", nn.with_logical_partitioning(nn.initializers.zeros, ("embodiment", self.axes[1])),
                    (e, self.features), self.param_dtype)
@@ -104,10 +107,12 @@ class EmbodimentMLP(nn.Module):
   num_embodiments: int
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  init_std: float = 0.02
 
   @nn.compact
   def __call__(self, x: jax.Array, embodiment_id: jax.Array) -> jax.Array:
-    kw = dict(num_embodiments=self.num_embodiments, dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = dict(num_embodiments=self.num_embodiments, dtype=self.dtype, param_dtype=self.param_dtype,
+              init_std=self.init_std)
     h = EmbodimentLinear(self.hidden, self.axes[:2], name="layer1", **kw)(x, embodiment_id)
     return EmbodimentLinear(self.features, self.axes[1:], name="layer2", **kw)(nn.relu(h), embodiment_id)
 

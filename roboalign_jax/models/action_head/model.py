@@ -100,7 +100,7 @@ class ActionEncoder(nn.Module):
   def __call__(self, actions, bucket, embodiment_id):
     c = self.config
     w = c.input_embedding_dim
-    kw = dict(num_embodiments=c.max_num_embodiments, dtype=c.dtype, param_dtype=c.param_dtype)
+    kw = dict(num_embodiments=c.max_num_embodiments, dtype=c.dtype, param_dtype=c.param_dtype, init_std=c.embodiment_init_std)
     b, h, _ = actions.shape
     a = EmbodimentLinear(w, ("io", "mlp"), name="W1", **kw)(actions, embodiment_id)
     tau = action_timestep_features(jnp.broadcast_to(bucket[:, None], (b, h)), w).astype(a.dtype)
@@ -121,10 +121,11 @@ class FlowMatchingHead(nn.Module):
       self.vlln = LayerNorm(1e-5, **kw)
       self.vl_self_attention = VLSelfAttention(c)
     self.model = DiT(c)
-    e = c.max_num_embodiments
-    self.state_encoder = EmbodimentMLP(c.hidden_size, c.input_embedding_dim, ("io", "mlp", "embed"), e, **kw)
+    e, std = c.max_num_embodiments, c.embodiment_init_std
+    self.state_encoder = EmbodimentMLP(c.hidden_size, c.input_embedding_dim, ("io", "mlp", "embed"), e, **kw,
+                                       init_std=std)
     self.action_encoder = ActionEncoder(c)
-    self.action_decoder = EmbodimentMLP(c.hidden_size, c.action_dim, ("embed", "mlp", "io"), e, **kw)
+    self.action_decoder = EmbodimentMLP(c.hidden_size, c.action_dim, ("embed", "mlp", "io"), e, **kw, init_std=std)
     emb_init = nn.initializers.normal(0.02)
     self.future_tokens = self.param("future_tokens", nn.with_logical_partitioning(emb_init, ("length", "embed")),
                                     (c.num_target_vision_tokens, c.input_embedding_dim), c.param_dtype)
