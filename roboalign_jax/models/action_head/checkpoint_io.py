@@ -21,14 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
-from safetensors import safe_open
-from safetensors.numpy import save_file
 
+from roboalign_jax.models import safetensors_io
 from roboalign_jax.models.action_head.config import ActionHeadConfig
 from roboalign_jax.models.action_head.model import FlowMatchingHead
 
-_INDEX = "model.safetensors.index.json"
-_SINGLE = "model.safetensors"
 HEAD_PREFIX = "action_head."
 PROJECTION_PREFIX = "backbone.eagle_linear."
 
@@ -87,29 +84,6 @@ def _to_gr00t(path, value: np.ndarray) -> np.ndarray:
 
 
 # ---- reading ----------------------------------------------------------------------------------------
-def _weight_files(ckpt_dir: str) -> list[str]:
-  index = os.path.join(ckpt_dir, _INDEX)
-  if os.path.isfile(index):
-    with open(index) as f:
-      try:
-        weight_map = json.load(f).get("weight_map")
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{index}: not valid JSON ({e})") from None
-    if not weight_map:
-      raise ValueError(f"{index}: no 'weight_map'; expected a safetensors index")
-    files = sorted(set(weight_map.values()))
-    missing = [f for f in files if not os.path.isfile(os.path.join(ckpt_dir, f))]
-    if missing:
-      raise FileNotFoundError(f"{index} lists shards that are missing from {ckpt_dir!r}: {missing}")
-    return [os.path.join(ckpt_dir, f) for f in files]
-  files = sorted(f for f in os.listdir(ckpt_dir) if f.endswith(".safetensors"))
-  if files:
-    return [os.path.join(ckpt_dir, f) for f in files]
-  pickled = [f for f in os.listdir(ckpt_dir) if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
-  hint = f" (found {pickled}: pickle-based weights are never loaded; convert them to safetensors)" if pickled else ""
-  raise FileNotFoundError(f"no weights in {ckpt_dir!r}: expected {_SINGLE} or {_INDEX} with its shards{hint}")
-
-
 def read_config(ckpt_dir: str) -> tuple[ActionHeadConfig, dict]:
   """(head config, the whole config.json dict) of a GR00T checkpoint directory."""
   if not os.path.isdir(ckpt_dir):
@@ -127,17 +101,6 @@ def read_config(ckpt_dir: str) -> tuple[ActionHeadConfig, dict]:
     raise ValueError(f"{path}: no 'action_head_cfg'; expected a GR00T N1.5 config.json (keys found: {keys})")
   config = ActionHeadConfig.from_gr00t_dict(full["action_head_cfg"], source=f"{path} action_head_cfg")
   return config, full
-
-
-def _read_tensors(ckpt_dir: str, wanted) -> dict[str, np.ndarray]:
-  """Tensors whose names pass `wanted`, read lazily (the backbone's gigabytes stay on disk)."""
-  out = {}
-  for path in _weight_files(ckpt_dir):
-    with safe_open(path, framework="numpy") as f:
-      for name in f.keys():
-        if wanted(name):
-          out[name] = f.get_tensor(name)
-  return out
 
 
 def params_from_gr00t_tensors(tensors: dict[str, np.ndarray], config: ActionHeadConfig, dtype=jnp.float32,
@@ -184,14 +147,14 @@ def load_gr00t(ckpt_dir: str, dtype=jnp.float32, compute_dtype=None) -> tuple[Fl
                        f"action_head_cfg.backbone_embedding_dim {config.backbone_embedding_dim}; the projection "
                        "must produce the width the head reads")
     with_projection = lambda n: n.startswith(HEAD_PREFIX) or n.startswith(PROJECTION_PREFIX)
-    tensors = _read_tensors(ckpt_dir, with_projection)
+    tensors = safetensors_io.read_tensors(ckpt_dir, with_projection)
     weight = tensors.get(PROJECTION_PREFIX + "weight")
     if weight is None or weight.ndim != 2:
       raise ValueError(f"{ckpt_dir}: backbone_cfg.project_to_dim is {project_to_dim} but the checkpoint has no 2-D "
                        f"{PROJECTION_PREFIX}weight [project_to_dim, feature width]")
     projection = int(weight.shape[1])
   else:
-    tensors = _read_tensors(ckpt_dir, lambda n: n.startswith(HEAD_PREFIX))
+    tensors = safetensors_io.read_tensors(ckpt_dir, lambda n: n.startswith(HEAD_PREFIX))
   if not tensors:
     raise ValueError(f"{ckpt_dir}: no {HEAD_PREFIX}* tensors in its safetensors files; expected a GR00T N1.5 "
                      "checkpoint holding the action head")
@@ -228,27 +191,4 @@ def export_gr00t(params: dict, config: ActionHeadConfig, out_dir: str, max_shard
       torch_dtype="float32")
   with open(os.path.join(out_dir, "config.json"), "w") as f:
     json.dump(full, f, indent=2)
-  shards, current, size = [], {}, 0
-  for name in sorted(tensors):
-    if current and size + tensors[name].nbytes > max_shard_bytes:
-      shards.append(current)
-      current, size = {}, 0
-    current[name] = tensors[name]
-    size += tensors[name].nbytes
-  shards.append(current)
-  meta = {"format": "pt"}
-  # A previous export's files would otherwise be read back as well; nothing else is touched.
-  stale = [f for f in os.listdir(out_dir) if f == _INDEX or re.fullmatch(r"model(-\d{5}-of-\d{5})?\.safetensors", f)]
-  for f in stale:
-    os.remove(os.path.join(out_dir, f))
-  if len(shards) == 1:
-    save_file(shards[0], os.path.join(out_dir, _SINGLE), metadata=meta)
-    return
-  weight_map = {}
-  for i, shard in enumerate(shards):
-    fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-    save_file(shard, os.path.join(out_dir, fname), metadata=meta)
-    weight_map.update({name: fname for name in shard})
-  with open(os.path.join(out_dir, _INDEX), "w") as f:
-    json.dump({"metadata": {"total_size": sum(v.nbytes for v in tensors.values())}, "weight_map": weight_map}, f,
-              indent=2)
+  safetensors_io.write_sharded(tensors, out_dir, max_shard_bytes)

@@ -24,11 +24,10 @@ from flax import traverse_util
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from roboalign_jax.models import safetensors_io
 from roboalign_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig, TextConfig, VisionConfig
 from roboalign_jax.models.qwen2_5_vl.model import Qwen2_5_VL
 
-_INDEX = "model.safetensors.index.json"
-_SINGLE = "model.safetensors"
 _IGNORED = re.compile(r".*(rotary_emb\.inv_freq|\.original_inv_freq)$")  # buffers some exporters keep
 
 
@@ -107,44 +106,14 @@ def _to_hf_value(path: tuple[str, ...], value: np.ndarray, config: Qwen2_5_VLCon
 
 
 # ---- reading ----------------------------------------------------------------------------------
-def _weight_files(hf_dir: str) -> list[str]:
-  if not os.path.isdir(hf_dir):
-    raise FileNotFoundError(f"checkpoint directory {hf_dir!r} not found")
-  index = os.path.join(hf_dir, _INDEX)
-  if os.path.isfile(index):
-    with open(index) as f:
-      weight_map = json.load(f).get("weight_map")
-    if not weight_map:
-      raise ValueError(f"{index}: no 'weight_map'; expected a safetensors index")
-    files = sorted(set(weight_map.values()))
-    missing = [f for f in files if not os.path.isfile(os.path.join(hf_dir, f))]
-    if missing:
-      raise FileNotFoundError(f"{index} lists shards that are missing from {hf_dir!r}: {missing}")
-    return [os.path.join(hf_dir, f) for f in files]
-  single = os.path.join(hf_dir, _SINGLE)
-  if os.path.isfile(single):
-    return [single]
-  others = sorted(f for f in os.listdir(hf_dir) if f.endswith(".safetensors"))
-  if others:
-    return [os.path.join(hf_dir, f) for f in others]
-  pickled = [f for f in os.listdir(hf_dir) if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
-  hint = f" (found {pickled}: pickle-based weights are never loaded; convert them to safetensors)" if pickled else ""
-  raise FileNotFoundError(f"no weights in {hf_dir!r}: expected {_SINGLE} or {_INDEX} with its shards{hint}")
-
-
 def read_hf_tensors(hf_dir: str) -> dict[str, np.ndarray]:
   """Every tensor of the checkpoint, by HF name, as NumPy (bf16 via ml_dtypes)."""
-  tensors = {}
-  for path in _weight_files(hf_dir):
-    with safe_open(path, framework="numpy") as f:
-      for name in f.keys():
-        tensors[name] = f.get_tensor(name)
-  return tensors
+  return safetensors_io.read_tensors(hf_dir)
 
 
 def stored_dtype(hf_dir: str):
   """The floating dtype of the checkpoint's tensors (bf16 for the released models)."""
-  with safe_open(_weight_files(hf_dir)[0], framework="numpy") as f:
+  with safe_open(safetensors_io.weight_files(hf_dir)[0], framework="numpy") as f:
     name = next(iter(f.keys()))
     return jnp.dtype(f.get_tensor(name).dtype)
 
@@ -230,30 +199,7 @@ def save_pretrained(params: dict, config: Qwen2_5_VLConfig, out_dir: str,
   hf_config["torch_dtype"] = "bfloat16" if dtypes == {"bfloat16"} else "float32"
   with open(os.path.join(out_dir, "config.json"), "w") as f:
     json.dump(hf_config, f, indent=2)
-  shards, current, size = [], {}, 0
-  for name in sorted(tensors):
-    nbytes = tensors[name].nbytes
-    if current and size + nbytes > max_shard_bytes:
-      shards.append(current)
-      current, size = {}, 0
-    current[name] = tensors[name]
-    size += nbytes
-  shards.append(current)
-  meta = {"format": "pt"}  # transformers expects this marker
-  if len(shards) == 1:
-    save_file(shards[0], os.path.join(out_dir, _SINGLE), metadata=meta)
-    stale = os.path.join(out_dir, _INDEX)
-    if os.path.exists(stale):
-      os.remove(stale)
-    return
-  weight_map = {}
-  for i, shard in enumerate(shards):
-    fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-    save_file(shard, os.path.join(out_dir, fname), metadata=meta)
-    weight_map.update({name: fname for name in shard})
-  total = sum(v.nbytes for v in tensors.values())
-  with open(os.path.join(out_dir, _INDEX), "w") as f:
-    json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+  safetensors_io.write_sharded(tensors, out_dir, max_shard_bytes)
 
 
 # ---- our own format (the converter's output): flat safetensors + our config ------------------
