@@ -62,7 +62,7 @@ def main():
   state = {name: jax.tree.map(lambda x: x.copy(), setup.state) for name in sides}
   cores = len(os.sched_getaffinity(0))
   load = os.getloadavg()
-  print(f"tiny backbone (layer {setup.layer}), tiny head, batch {config.data.global_batch_size}, "
+  print(f"tiny backbone (layer {setup.layer}), {config.head.variant} head, batch {config.data.global_batch_size}, "
         f"{sum(h.index.num_steps for h in handles)} fixture steps, {cores} cores; load average {load[0]:.2f}"
         + (f"  WARNING: above the {cores} cores, timings are not clean" if load[0] > cores else ""))
 
