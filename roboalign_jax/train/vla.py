@@ -341,7 +341,6 @@ def _cached_reading(config, data, handles, setup: VLASetup) -> dict[str, Any]:
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains the head in `workdir` (auto-resumes); returns the final metrics and the policy path."""
-  check_config(config)
   mesh = mesh_lib.create_mesh(config.mesh.to_dict())
   data = ml_collections.ConfigDict(config.data.to_dict())
   data.processor_dir = data.processor_dir or config.model.init_dir
