@@ -50,10 +50,12 @@ def test_gr00t_n1_5_is_the_released_config_and_matches_the_reference_tensors():
 def test_gr00t_dict_round_trip_and_variants():
   for variant in action_head.VARIANTS:
     config = action_head.config_from_variant(variant)
-    assert action_head.ActionHeadConfig.from_gr00t_dict(config.to_gr00t_dict()) == config
+    # Every field GR00T records survives; the initialisation scale is not recorded (init only).
+    loaded = action_head.ActionHeadConfig.from_gr00t_dict(config.to_gr00t_dict())
+    assert loaded.embodiment_init_std == 0.02 and loaded.replace(embodiment_init_std=config.embodiment_init_std) == config
   tiny = action_head.config_from_variant("tiny", num_inference_timesteps=7)
   assert tiny.num_inference_timesteps == 7 and tiny.dit_num_layers == 4
-  with pytest.raises(ValueError, match=r"unknown action head variant 'huge'; expected one of \['gr00t_n1_5', 'tiny'\]"):
+  with pytest.raises(ValueError, match=r"unknown action head variant 'huge'; expected one of \['gr00t_n1_5', 'tiny', 'small'\]"):
     action_head.config_from_variant("huge")
   with pytest.raises(ValueError, match=r"unknown action head config fields \['hiden_size'\]"):
     action_head.config_from_variant("tiny", hiden_size=3)
@@ -85,3 +87,17 @@ def test_init_follows_gr00t_distributions():
   np.testing.assert_array_equal(np.asarray(flat[("vlln", "scale")]), 1.0)
   assert abs(np.asarray(flat[("future_tokens",)]).std() - 0.02) < 0.006
   assert all(v.dtype == np.float32 for v in flat.values())
+
+
+def test_embodiment_init_scale():
+  """GR00T's 0.02 by default; 0 = 1/sqrt(fan in) (the CPU-sized `small` head)."""
+  import jax
+  import numpy as np
+  for std, variant in ((0.02, "tiny"), (0.0, "small")):
+    config = action_head.config_from_variant(variant)
+    assert config.embodiment_init_std == std
+    w = np.asarray(action_head.init_params(config, jax.random.PRNGKey(0))["action_decoder"]["layer1"]["W"])
+    want = std or w.shape[1] ** -0.5
+    assert abs(w.std() / want - 1) < 0.05, (variant, w.std(), want)
+  with pytest.raises(ValueError, match="embodiment_init_std=-1.0 must be >= 0"):
+    action_head.config_from_variant("tiny", embodiment_init_std=-1.0)
