@@ -48,6 +48,11 @@ def test_inverses_undo_their_transforms():
   np.testing.assert_array_equal(rotate.inverse()(rotate({"image/primary": image}))["image/primary"], image)
   both = transforms.Compose((normalize, transforms.PadWidth("actions", 7, 32)))
   np.testing.assert_allclose(both.inverse()(both(step))["actions"], inside, rtol=1e-5, atol=1e-5)
+  # Resize-with-pad keeps the aspect ratio: a 100 x 50 (H x W) image fills the middle 32 columns.
+  tall = np.full((100, 50, 3), 200, np.uint8)
+  padded_image = transforms.ResizeImages(("image/wrist",), (64, 64), pad=True)({"image/wrist": tall})["image/wrist"]
+  assert padded_image.shape == (64, 64, 3)
+  assert not padded_image[:, :16].any() and not padded_image[:, 48:].any() and (padded_image[:, 17:47] == 200).all()
   with pytest.raises(ValueError, match="ResizeImages has no inverse"):
     transforms.Compose((transforms.ResizeImages(("image/primary",), (4, 4)),)).inverse()
   with pytest.raises(ValueError, match="state has width 9 .*expected 8"):
