@@ -37,6 +37,8 @@ def main(argv):
                                     overwrite=flags.FLAGS.overwrite)
   report = {split: convert.validate(out_dir, flags.FLAGS.spec, split=split, skip_bad=flags.FLAGS.skip_bad)
             for split in flags.FLAGS.splits}
+  for split, counts in report.items():
+    print(convert.summary(split, counts))
   print(json.dumps(report, indent=1))
 
 

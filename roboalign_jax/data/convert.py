@@ -4,7 +4,7 @@ The serialized episodes are the same bytes in both containers, so conversion cop
 shard by shard (the layout TFDS's own `convert_format` produces: same shard names with the
 `array_record` suffix, `group_size:1` for random access) and rewrites `dataset_info.json`'s file
 format. Validation then opens the result the way training does and reads every episode
-(spec fields and image shapes, finite actions, non-empty instructions).
+(spec fields, uint8 [H, W, 3] cameras of any size, finite actions, non-empty instructions).
 
 TensorFlow is used here only to read TFRecord files.
 """
@@ -86,12 +86,28 @@ def convert_to_array_record(in_dir: str, out_dir: str, *, overwrite: bool = Fals
 
 def validate(path: str, spec_name: str, *, split: str = "train", skip_bad: bool = False,
              progress: bool = True) -> dict[str, Any]:
-  """Reads every episode of `split` through the training reader; returns counts (and skips).
+  """Reads every episode of `split` through the training reader; returns counts, skips and, per
+  camera, the image size published, the size the dataset declares and the frame sizes found
+  ([H, W, number of frames] each).
 
   Raises DataError at the first bad episode unless `skip_bad`.
   """
   source = RLDSSource(path, get_spec(spec_name), split=split, cache_episodes=1)
   counter = SkipCounter()
   index = build_step_index(source, skip_bad=skip_bad, counter=counter, progress=progress)
+  cameras = {camera: {"path": f"steps/{path}", "published": list(published),
+                      "declared": list(source.camera_shapes[camera]), "frames": index.image_sizes.get(camera, [])}
+             for camera, (path, published) in source.spec.cameras.items() if camera in source.camera_shapes}
   return {"episodes": len(source), "usable_episodes": len(index.episodes), "steps": index.num_steps,
-          "skipped": index.skipped}
+          "cameras": cameras, "skipped": index.skipped}
+
+
+def summary(split: str, report: dict[str, Any]) -> str:
+  """One line per split and camera of a `validate` report, for people."""
+  lines = [f"{split}: {report['usable_episodes']}/{report['episodes']} episodes usable, {report['steps']} steps"]
+  for camera, info in report["cameras"].items():
+    sizes = ", ".join(f"{h}x{w} ({n} frames)" for h, w, n in info["frames"])
+    published = "x".join(str(d) for d in info["published"][:2])
+    note = "as published" if [list(s[:2]) for s in info["frames"]] == [info["published"][:2]] else f"published {published}"
+    lines.append(f"  {camera} camera {info['path']}: {sizes}; {note}")
+  return "\n".join(lines)

@@ -14,12 +14,12 @@ instruction, which a small model can learn.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
 from roboalign_jax.data.specs import get_spec
-from roboalign_jax.data.specs.common import DatasetSpec
+from roboalign_jax.data.specs.common import DatasetSpec, image_feature
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 40),
            "purple": (140, 60, 170), "orange": (240, 130, 30)}
@@ -119,8 +119,11 @@ def render(scene: dict, position: np.ndarray, grip: float, shape: tuple[int, int
   return image.astype(np.uint8)
 
 
-def native_episode(spec: DatasetSpec, scene: dict, traj: dict[str, np.ndarray], index: int) -> dict:
-  """The episode in `spec`'s published layout (the dict a TFDS builder yields)."""
+def native_episode(spec: DatasetSpec, scene: dict, traj: dict[str, np.ndarray], index: int,
+                   image_shapes: Mapping[str, tuple[int, int, int]] | None = None) -> dict:
+  """The episode in `spec`'s published layout (the dict a TFDS builder yields); `image_shapes`:
+  camera -> (H, W, 3) rendered instead of the published size."""
+  shapes = {cam: tuple((image_shapes or {}).get(cam, shape)) for cam, (_, shape) in spec.cameras.items()}
   position, rpy, grip = traj["position"], traj["rpy"], traj["grip"]
   n = len(position)
   metres = position * np.array([0.5, 0.5, 0.3])  # unit workspace -> metres
@@ -129,8 +132,8 @@ def native_episode(spec: DatasetSpec, scene: dict, traj: dict[str, np.ndarray], 
   # The command at step t produces the state at t + 1; the gripper command is the state it goes to.
   grip_cmd = np.append(grip[1:], grip[-1])
   pick_xy = picked_object_xy(scene, traj)
-  frames = {path: [render(scene, position[t], grip[t], shape, wrist=cam == "wrist", pick_xy=pick_xy[t])
-                   for t in range(n)] for cam, (path, shape) in spec.cameras.items()}
+  frames = {path: [render(scene, position[t], grip[t], shapes[cam], wrist=cam == "wrist", pick_xy=pick_xy[t])
+                   for t in range(n)] for cam, (path, _) in spec.cameras.items()}
   steps = []
   for t in range(n):
     step: dict[str, Any] = {"discount": np.float32(1.0), "reward": np.float32(t == n - 1),
@@ -181,15 +184,31 @@ def native_episode(spec: DatasetSpec, scene: dict, traj: dict[str, np.ndarray], 
   return episode
 
 
-def episodes(spec_name: str, num_episodes: int, seed: int,
-             episode_length: tuple[int, int] = (20, 40)) -> Iterator[dict]:
+def episodes(spec_name: str, num_episodes: int, seed: int, episode_length: tuple[int, int] = (20, 40),
+             image_shapes: Mapping[str, tuple[int, int, int]] | None = None) -> Iterator[dict]:
   """Native-layout episodes, a pure function of (spec, seed, index)."""
   spec = get_spec(spec_name)
   for index in range(num_episodes):
     rng = np.random.default_rng([seed, index])
     scene = sample_scene(rng)
     num_steps = int(rng.integers(episode_length[0], episode_length[1] + 1))
-    yield native_episode(spec, scene, trajectory(scene, num_steps, rng), index)
+    yield native_episode(spec, scene, trajectory(scene, num_steps, rng), index, image_shapes)
+
+
+def camera_features(spec_name: str, image_shapes: Mapping[str, tuple[int, int, int]] | None = None,
+                    encodings: Mapping[str, str] | None = None) -> Any:
+  """`spec_name`'s published features with some cameras at another size and/or encoding
+  ("jpeg", "png" or "raw"), as in re-exported copies of a dataset."""
+  spec = get_spec(spec_name)
+  unknown = sorted((set(image_shapes or {}) | set(encodings or {})) - set(spec.cameras))
+  if unknown:
+    raise ValueError(f"cameras {unknown} are not in {spec_name!r} (it has {sorted(spec.cameras)})")
+  replace = {}
+  for cam, (path, published) in spec.cameras.items():
+    if cam in (image_shapes or {}) or cam in (encodings or {}):
+      replace[path.split("/", 1)[1]] = image_feature((image_shapes or {}).get(cam, published),
+                                                     (encodings or {}).get(cam, "jpeg"))
+  return spec.features(replace=replace)
 
 
 def write_episodes(spec_name: str, out_dir: str, episode_dicts: Iterable[dict], *,
@@ -232,13 +251,17 @@ def write_episodes(spec_name: str, out_dir: str, episode_dicts: Iterable[dict], 
 
 def write_fixture(spec_name: str, out_dir: str, num_episodes: int, seed: int, *,
                   file_format: str = "array_record", episode_length: tuple[int, int] = (20, 40),
-                  split: str = "train") -> str:
+                  split: str = "train", image_shapes: Mapping[str, tuple[int, int, int]] | None = None,
+                  encodings: Mapping[str, str] | None = None) -> str:
   """Writes a real TFDS dataset in `spec_name`'s published layout; returns its version directory
   (`<out_dir>/<builder name>/1.0.0`, with dataset_info.json, features.json and the shards).
 
   file_format: "array_record" (what the pipeline reads) or "tfrecord" (what downloads come as).
+  image_shapes / encodings: camera -> (H, W, 3) / "jpeg" | "png" | "raw" instead of the published
+  ones (see camera_features).
   """
   if num_episodes < 1:
     raise ValueError(f"num_episodes={num_episodes}; expected at least 1")
-  return write_episodes(spec_name, out_dir, episodes(spec_name, num_episodes, seed, episode_length),
-                        file_format=file_format, split=split)
+  features = camera_features(spec_name, image_shapes, encodings) if image_shapes or encodings else None
+  return write_episodes(spec_name, out_dir, episodes(spec_name, num_episodes, seed, episode_length, image_shapes),
+                        file_format=file_format, split=split, features=features)

@@ -29,18 +29,42 @@ class Augmentation:
   hue: float = 0.05  # fraction of the hue circle
 
 
-def decode(data: bytes, expected_shape: tuple[int, int, int], *, dataset: str, episode: int, step: int,
-           path: str) -> Image.Image:
-  """Encoded frame -> RGB PIL image; DataError naming the frame if unreadable or the wrong size."""
+def frame_shape(data: bytes | np.ndarray) -> tuple[int, ...]:
+  """(H, W, channels) of an encoded frame from its header (no pixel decoding), or a raw array's shape."""
+  if isinstance(data, np.ndarray):
+    return tuple(data.shape)
+  with Image.open(io.BytesIO(data)) as image:
+    return (image.height, image.width, len(image.getbands()))
+
+
+def shape_mismatch(found: tuple[int, ...], declared: tuple[int | None, ...]) -> str | None:
+  """Why a frame of shape `found` is not a frame of the dataset's declared camera shape (None: any
+  size), or None when it is."""
+  if len(found) != 3 or found[-1] != 3:
+    return f"has shape {found}; expected [H, W, 3]"
+  if any(d is not None and d != f for d, f in zip(declared, found)):
+    return f"has shape {found}; expected {tuple(declared)} as the dataset declares"
+  return None
+
+
+def decode(data: bytes | np.ndarray, declared_shape: tuple[int | None, ...], *, dataset: str, episode: int,
+           step: int, path: str) -> Image.Image:
+  """A frame (encoded bytes, or a raw uint8 array) -> RGB PIL image; DataError naming the frame if it
+  is unreadable or not of the dataset's declared camera shape (None dims: any size)."""
   try:
-    image = Image.open(io.BytesIO(data))
-    image.load()
+    if isinstance(data, np.ndarray):
+      image = Image.fromarray(data) if data.dtype == np.uint8 and data.ndim == 3 and data.shape[-1] == 3 else None
+      found = tuple(data.shape)
+    else:
+      image = Image.open(io.BytesIO(data))
+      image.load()
+      found = (image.height, image.width, len(image.getbands()))
   except Exception as error:
     raise DataError(f"steps/{path} could not be decoded ({error}); expected a JPEG/PNG frame",
                     dataset=dataset, episode=episode, step=step) from error
-  found = (image.height, image.width, len(image.getbands()))
-  if found != tuple(expected_shape):
-    raise DataError(f"steps/{path} has shape {found}; expected {tuple(expected_shape)}",
+  problem = shape_mismatch(found, declared_shape)
+  if problem or image is None:
+    raise DataError(f"steps/{path} {problem or 'is not uint8; expected uint8 [H, W, 3]'}",
                     dataset=dataset, episode=episode, step=step)
   return image.convert("RGB") if image.mode != "RGB" else image
 

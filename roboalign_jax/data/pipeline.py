@@ -111,7 +111,7 @@ class StepReader:
       if camera not in episode.images:
         continue
       image_mask[v] = True
-      path, shape = source.spec.cameras[camera]
+      path, shape = source.spec.cameras[camera][0], source.camera_shapes[camera]
       for k, f in enumerate(frames):
         image = image_transforms.decode(episode.images[camera][f], shape, dataset=source.name,
                                         episode=episode.episode, step=int(episode.step_ids[f]), path=path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import logging
 import os
 from typing import Any
 
@@ -20,6 +21,9 @@ import numpy as np
 
 from roboalign_jax.data.errors import DataError
 from roboalign_jax.data.specs.common import DatasetSpec, RawEpisode, StandardEpisode
+
+log = logging.getLogger(__name__)
+_WARNED_SIZES: set[tuple[str, str]] = set()
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -76,7 +80,12 @@ class RLDSSource:
     return tfds.builder_from_directory(self.path)
 
   def _check_features(self) -> None:
-    """The dataset's features must have the spec's required step fields and image shapes."""
+    """The dataset's features must have the spec's required step fields and uint8 [H, W, 3] cameras.
+
+    A camera may be an encoded Image or a raw uint8 Tensor, at any size: the size it declares is
+    kept in `camera_shapes` (None for a size that varies per frame) and a size other than the
+    published one is logged once.
+    """
     builder = self._builder()
     if self.split not in builder.info.splits:
       raise DataError(f"has no split {self.split!r}; available: {sorted(builder.info.splits)}", dataset=self.name)
@@ -85,13 +94,26 @@ class RLDSSource:
     if missing:
       raise DataError(f"features lack {['steps/' + p for p in missing]}; expected the {self.spec.name} layout "
                       f"with {['steps/' + p for p in self.spec.required]}", dataset=self.name)
-    for camera, (path, shape) in self.spec.cameras.items():
-      found = tuple(paths[path].shape)
-      if found != tuple(shape):
-        raise DataError(f"steps/{path} ({camera} camera) has shape {found}; expected {tuple(shape)} as published "
-                        f"for {self.spec.name}", dataset=self.name)
     self._image_paths = [p for p, f in paths.items() if type(f).__name__ == "Image"]
-
+    self._raw_camera_paths = []
+    self.camera_shapes: dict[str, tuple[int | None, ...]] = {}
+    for camera, (path, published) in self.spec.cameras.items():
+      if path not in paths:
+        continue
+      feature = paths[path]
+      kind = type(feature).__name__
+      shape, dtype = tuple(feature.shape), np.dtype(feature.np_dtype)
+      if kind not in ("Image", "Tensor") or dtype != np.uint8 or len(shape) != 3 or shape[-1] != 3:
+        raise DataError(f"steps/{path} ({camera} camera) is a {kind} of {dtype.name} {shape}; expected uint8 "
+                        f"[H, W, 3] images (encoded or raw), published as {tuple(published)}", dataset=self.name)
+      if kind == "Tensor":
+        self._raw_camera_paths.append(path)
+      self.camera_shapes[camera] = shape
+      if shape != tuple(published) and (self.path, path) not in _WARNED_SIZES:
+        _WARNED_SIZES.add((self.path, path))  # once per process, not at every reopen
+        log.warning("dataset %r: steps/%s (%s camera) is %s%s, not %s as published for %s; reading it as is "
+                    "(frames are resized to the model input)", self.name, path, camera, shape,
+                    " (any size)" if None in shape else "", tuple(published), self.spec.name)
   def _data_source(self):
     if self._source is None:
       import tensorflow_datasets as tfds  # lazy: heavy, needed only for its builder and feature classes
@@ -144,7 +166,7 @@ class RLDSSource:
                       f"serialized {self.spec.name} episode", dataset=self.name, episode=index) from error
     if not rows:
       raise DataError("episode has no steps", dataset=self.name, episode=index)
-    images = {p: [row[p] for row in rows] for p in self._image_paths if p in rows[0]}
+    images = {p: [row[p] for row in rows] for p in self._image_paths + self._raw_camera_paths if p in rows[0]}
     fields = {}
     for key in rows[0]:
       if key in images:
@@ -166,6 +188,9 @@ class RLDSSource:
     except KeyError as error:
       raise DataError(f"step field {error} is missing; expected {list(self.spec.required)}",
                       dataset=self.name, episode=index) from error
+    if episode.states.ndim != 2 or episode.states.shape[1] != self.spec.state_dim:
+      raise DataError(f"state is {episode.states.shape[1:]} per step; expected ({self.spec.state_dim},) as published "
+                      f"for {self.spec.name}", dataset=self.name, episode=index)
     episode.dataset = self.name
     self._cache[index] = episode
     while len(self._cache) > self.cache_episodes:

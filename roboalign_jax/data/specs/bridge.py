@@ -31,14 +31,15 @@ IMAGE_SHAPE = (256, 256, 3)
 OXE_IMAGE_SHAPE = (480, 640, 3)
 
 
-def features():
+def features(replace=None):
+  """The published features; `replace`: observation key -> feature (see rlds_step_features)."""
   import tensorflow_datasets as tfds  # lazy: heavy, needed only for its builder and feature classes
   observation = {f"image_{i}": image_feature(IMAGE_SHAPE) for i in range(4)}
   observation["state"] = tfds.features.Tensor(shape=(7,), dtype=np.float32)
   step = rlds_step_features(observation, tfds.features.Tensor(shape=(7,), dtype=np.float32), extra={
       "language_instruction": tfds.features.Text(),
       "language_embedding": tfds.features.Tensor(shape=(512,), dtype=np.float32),
-  })
+  }, replace=replace)
   metadata = {"file_path": tfds.features.Text(), "episode_id": tfds.features.Scalar(dtype=np.int32),
               "has_language": tfds.features.Scalar(dtype=np.bool_),
               **{f"has_image_{i}": tfds.features.Scalar(dtype=np.bool_) for i in range(4)}}
@@ -46,7 +47,8 @@ def features():
                                      "episode_metadata": tfds.features.FeaturesDict(metadata)})
 
 
-def oxe_features():
+def oxe_features(replace=None):
+  """The published features; `replace`: observation key -> feature (see rlds_step_features)."""
   import tensorflow_datasets as tfds  # lazy: heavy, needed only for its builder and feature classes
   observation = {
       "image": image_feature(OXE_IMAGE_SHAPE),
@@ -60,7 +62,8 @@ def oxe_features():
       "open_gripper": tfds.features.Scalar(dtype=np.bool_),
       "terminate_episode": tfds.features.Scalar(dtype=np.float32),
   })
-  return tfds.features.FeaturesDict({"steps": tfds.features.Dataset(rlds_step_features(observation, action))})
+  step = rlds_step_features(observation, action, replace=replace)
+  return tfds.features.FeaturesDict({"steps": tfds.features.Dataset(step)})
 
 
 def _clean(raw: RawEpisode, states: np.ndarray, gripper: np.ndarray, instruction: str,

@@ -22,7 +22,8 @@ STATIC_SHAPE = (200, 200, 3)
 GRIPPER_SHAPE = (84, 84, 3)
 
 
-def features():
+def features(replace=None):
+  """The published features; `replace`: observation key -> feature (see rlds_step_features)."""
   import tensorflow_datasets as tfds  # lazy: heavy, needed only for its builder and feature classes
   observation = {
       "image": image_feature(STATIC_SHAPE),
@@ -30,7 +31,7 @@ def features():
       "state": tfds.features.Tensor(shape=(15,), dtype=np.float32),
   }
   step = rlds_step_features(observation, tfds.features.Tensor(shape=(7,), dtype=np.float32),
-                            extra={"language_instruction": tfds.features.Text()})
+                            extra={"language_instruction": tfds.features.Text()}, replace=replace)
   return tfds.features.FeaturesDict({
       "steps": tfds.features.Dataset(step),
       "episode_metadata": tfds.features.FeaturesDict({"file_path": tfds.features.Text()})})

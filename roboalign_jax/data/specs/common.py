@@ -33,7 +33,8 @@ class RawEpisode:
 
   fields: step path ("observation/state", "action/world_vector", ...) -> array [T, ...]
     (text fields as an object array of str).
-  images: step path of an image feature -> T encoded images (bytes).
+  images: step path of a camera -> T frames: encoded images (bytes) for an Image feature, uint8
+    arrays [H, W, 3] for a camera stored raw (a Tensor feature).
   """
   dataset: str
   index: int
@@ -134,7 +135,9 @@ class DatasetSpec:
 
   name: registry name ("bridge", "libero", ...); builder_name: the TFDS dataset name the
   fixture writer uses; features: () -> tfds FeaturesDict of the published spec;
-  cameras: common camera name -> (step path of the image, (H, W, 3) as published);
+  cameras: common camera name -> (step path of the image, (H, W, 3) as published). Reading accepts
+    any [H, W, 3] uint8 size (copies at other resolutions are common; frames are resized to the
+    model input anyway): the size found is recorded and a different one is only a warning;
   required: step paths that must be present; standardize: RawEpisode -> StandardEpisode.
   gripper: the dataset's gripper convention (standardisation maps it to the common one; a policy
   maps its output back). version: bumped whenever standardisation changes, so cached
@@ -152,9 +155,18 @@ class DatasetSpec:
   description: str = ""
 
 
-def rlds_step_features(observation: dict, action, *, extra: dict | None = None):
-  """The RLDS episode structure shared by the published specs: steps + episode_metadata."""
+def rlds_step_features(observation: dict, action, *, extra: dict | None = None,
+                       replace: Mapping[str, Any] | None = None):
+  """The RLDS episode structure shared by the published specs: steps + episode_metadata.
+
+  replace: observation key -> feature used instead of the published one (e.g. a camera at
+  another size, as in a re-exported copy).
+  """
   import tensorflow_datasets as tfds  # the feature classes only; reading never needs TensorFlow
+  unknown = sorted(set(replace or {}) - set(observation))
+  if unknown:
+    raise ValueError(f"observation has no features {unknown} to replace; it has {sorted(observation)}")
+  observation = {**observation, **(replace or {})}
   step = {
       "observation": tfds.features.FeaturesDict(observation),
       "action": action,
@@ -168,9 +180,14 @@ def rlds_step_features(observation: dict, action, *, extra: dict | None = None):
   return step
 
 
-def image_feature(shape: tuple[int, int, int]):
+def image_feature(shape: tuple, encoding: str = "jpeg"):
+  """A camera feature: an encoded image ("jpeg" / "png"), or "raw" uint8 pixels (a Tensor)."""
   import tensorflow_datasets as tfds  # the feature classes only (writing fixtures / converting)
-  return tfds.features.Image(shape=shape, dtype=np.uint8, encoding_format="jpeg")
+  if encoding == "raw":
+    return tfds.features.Tensor(shape=tuple(shape), dtype=np.uint8)
+  if encoding not in ("jpeg", "png"):
+    raise ValueError(f"image encoding {encoding!r}; expected 'jpeg', 'png' or 'raw'")
+  return tfds.features.Image(shape=tuple(shape), dtype=np.uint8, encoding_format=encoding)
 
 
 def require_finite(raw: RawEpisode, path: str, values: np.ndarray, step_ids: np.ndarray | None = None) -> None:

@@ -29,7 +29,8 @@ IMAGE_SHAPE = (256, 256, 3)
 SUITES = ("libero_spatial_no_noops", "libero_object_no_noops", "libero_goal_no_noops", "libero_10_no_noops")
 
 
-def features():
+def features(replace=None):
+  """The published features; `replace`: observation key -> feature (see rlds_step_features)."""
   import tensorflow_datasets as tfds  # lazy: heavy, needed only for its builder and feature classes
   observation = {
       "image": image_feature(IMAGE_SHAPE),
@@ -38,7 +39,7 @@ def features():
       "joint_state": tfds.features.Tensor(shape=(7,), dtype=np.float32),
   }
   step = rlds_step_features(observation, tfds.features.Tensor(shape=(7,), dtype=np.float32),
-                            extra={"language_instruction": tfds.features.Text()})
+                            extra={"language_instruction": tfds.features.Text()}, replace=replace)
   return tfds.features.FeaturesDict({
       "steps": tfds.features.Dataset(step),
       "episode_metadata": tfds.features.FeaturesDict({"file_path": tfds.features.Text()})})
