@@ -14,6 +14,9 @@ $(STAMP): setup.py
 	# GR00T N1.5 head reference for the action-head parity tests; its full dependency set (torch<2.11,
 	# transformers<5, datasets, ...) conflicts with ours, and the head modules need none of it.
 	$(VENV)/bin/python -m pip install -q --no-deps 'lerobot==0.4.4'
+	# openpi's policy client, for the serving tests: its metadata pins numpy<2, but the client runs on
+	# numpy 2; its runtime imports (websockets, msgpack, dm-tree, pillow, typing_extensions) come from setup.py.
+	$(VENV)/bin/python -m pip install -q --no-deps 'openpi-client==0.1.2'
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -29,6 +29,9 @@ setup(
         "tqdm>=4.66,<5",
         "pillow>=10,<13",
         "matplotlib>=3.9,<4",
+        # The policy server (roboalign_jax/serving): openpi's websocket + msgpack protocol.
+        "websockets>=15,<17",
+        "msgpack>=1.0.5,<2",
     ],
     extras_require={
         "test": [
@@ -44,6 +47,10 @@ setup(
             # need diffusers and lerobot.utils' draccus; lerobot itself is installed --no-deps (Makefile).
             "diffusers>=0.35,<0.36",
             "draccus==0.10.0",
+            # openpi-client (the real client the serving tests talk to) is installed --no-deps (Makefile):
+            # its metadata pins numpy<2. Its runtime imports beyond ours: dm-tree, typing_extensions.
+            "dm-tree>=0.1.8,<0.2",
+            "typing_extensions>=4.6,<5",
         ],
         # TensorFlow is needed only to write or convert TFDS datasets, never in the training path.
         "tf": ["tensorflow-cpu>=2.21,<3"],

@@ -1,7 +1,8 @@
 """The package's dependency graph, read from the source: subpackages form no cycle, the low layers
 never reach up (models/ and fast/ import nothing from train/, rl/, data/; rl/ nothing from
-train/), and no module hides a dependency on another of the package's modules inside a function
-(function-local imports are kept for heavy optional libraries only)."""
+train/; nothing below serving/ imports it), and no module hides a dependency on another of the
+package's modules inside a function (function-local imports are kept for heavy optional
+libraries only)."""
 
 import ast
 import os
@@ -12,11 +13,14 @@ from configs_loader import REPO_ROOT
 
 PACKAGE = "roboalign_jax"
 ROOT = os.path.join(REPO_ROOT, PACKAGE)
-FORBIDDEN = {"models": {"train", "rl", "data", "policies", "demo", "eval"},
-             "fast": {"train", "rl", "data", "models", "policies", "demo", "eval"},
-             "parallel": {"train", "rl", "data", "models", "policies", "demo", "eval", "fast"},
-             "rl": {"train", "policies", "demo"},
-             "data": {"train", "rl", "policies", "demo"}}
+FORBIDDEN = {"models": {"train", "rl", "data", "policies", "demo", "eval", "serving"},
+             "fast": {"train", "rl", "data", "models", "policies", "demo", "eval", "serving"},
+             "parallel": {"train", "rl", "data", "models", "policies", "demo", "eval", "fast", "serving"},
+             "rl": {"train", "policies", "demo", "serving"},
+             "data": {"train", "rl", "policies", "demo", "serving"},
+             "policies": {"train", "rl", "demo", "serving"},
+             # The server wraps a loaded Policy; it neither trains nor evaluates.
+             "serving": {"train", "rl", "demo", "eval"}}
 
 
 def _modules():

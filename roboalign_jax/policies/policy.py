@@ -20,7 +20,7 @@ import importlib
 import json
 import os
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -78,7 +78,8 @@ class Policy:
 
   model: `(model input dict) -> normalised actions float [action_horizon, D >= 7]`, where the
   model input holds "image/<camera>" uint8 [H, W, 3], "state" float32 [state_width] and
-  "instruction" str (the outputs of `description.transforms().inputs()`).
+  "instruction" str (the outputs of `description.transforms().inputs()`). A model may also have
+  `batch(list of model inputs) -> [B, action_horizon, D]`, which `infer_batch` then uses.
   """
 
   def __init__(self, description: PolicyDescription, model: Callable[[dict], np.ndarray]):
@@ -96,14 +97,72 @@ class Policy:
 
   def infer(self, observation: Mapping[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
-    inputs = self._inputs(observation)
-    normalised = np.asarray(self._model(inputs), np.float32)
+    actions = self._outputs(self._model(self._inputs(observation)))
+    return {"actions": actions, "policy_timing": {"infer_ms": (time.perf_counter() - started) * 1e3}}
+
+  def infer_batch(self, observations: Sequence[Mapping[str, Any]], *,
+                  return_errors: bool = False) -> list[dict[str, Any] | Exception]:
+    """`infer` of each observation, with one batched forward when the model has a
+    `batch(list of model inputs) -> [B, action_horizon, D]` method (else one call each).
+
+    A bad observation raises its KeyError/ValueError/TypeError (the batch is not run), or with
+    `return_errors` takes that exception's place in the result list while the others are
+    answered (a server then refuses only the request that was bad). `policy_timing.infer_ms` is
+    the whole batch's time; the results equal `infer` of each observation in order, up to float
+    rounding of the batched forward (a model that draws noise per call draws it in list order).
+    """
+    started = time.perf_counter()
+    results: list[Any] = [None] * len(observations)
+    good, inputs = [], []
+    for i, observation in enumerate(observations):
+      try:
+        inputs.append(self._inputs(observation))
+        good.append(i)
+      except (KeyError, ValueError, TypeError) as error:
+        if not return_errors:
+          raise
+        results[i] = error
+    batched = getattr(self._model, "batch", None)
+    if batched is not None and len(inputs) > 1:
+      chunks = list(np.asarray(batched(inputs)))
+    else:
+      chunks = [self._model(x) for x in inputs]
+    timing = {"infer_ms": (time.perf_counter() - started) * 1e3}
+    for i, chunk in zip(good, chunks):
+      results[i] = {"actions": self._outputs(chunk), "policy_timing": dict(timing)}
+    return results
+
+  def example_observation(self) -> dict[str, Any]:
+    """A valid request of this policy's layout (black images at the published size, zero state)."""
+    spec, request = get_spec(self.description.layout), self.transforms.request
+    out: dict[str, Any] = {key: np.zeros(spec.cameras[camera][1], np.uint8) for key, camera in request.cameras}
+    out[request.state_key] = np.zeros(request.state_width, np.float32)
+    out[request.prompt_key] = "warm up"
+    return out
+
+  def warmup(self, max_batch: int = 1) -> None:
+    """Runs every shape that serving up to `max_batch` requests at a time compiles (batch sizes
+    1, 2, 4, ... when the model batches), so the first clients do not wait for compilation. The
+    model's call counter (VLA noise numbering) is restored: answers stay those of a fresh policy."""
+    calls = getattr(self._model, "calls", None)
+    example = self.example_observation()
+    sizes = [1]
+    if getattr(self._model, "batch", None) is not None:
+      while sizes[-1] < max_batch:
+        sizes.append(sizes[-1] * 2)
+    for size in sizes:
+      self.infer_batch([example] * size)
+    if calls is not None:
+      self._model.calls = calls
+
+  def _outputs(self, model_output) -> np.ndarray:
+    """A model's normalised chunk -> the robot's actions float32 [action_horizon, 7]."""
+    normalised = np.asarray(model_output, np.float32)
     expected = self.description.action_horizon
     if normalised.ndim != 2 or normalised.shape[0] != expected:
       raise RuntimeError(f"the {self.description.kind} model returned actions of shape {normalised.shape}; "
                          f"expected [{expected}, D]")
-    actions = self.transforms.outputs({"actions": normalised})["actions"]
-    return {"actions": actions, "policy_timing": {"infer_ms": (time.perf_counter() - started) * 1e3}}
+    return self.transforms.outputs({"actions": normalised})["actions"]
 
 
 def write_description(policy_dir: str, description: PolicyDescription) -> str:

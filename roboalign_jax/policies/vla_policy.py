@@ -14,7 +14,9 @@ A policy directory written by the VLA stage (`save`):
 `load` rebuilds it; the backbone comes from `backbone.dir` (relative paths are inside the policy
 directory) and must have the recorded content hash. One compiled shape serves every request
 (prompts padded to max_seq_len, images resized to the training size); the Euler start noise is
-drawn from `fold_in(key(seed), call number)`, so a policy is deterministic given its seed.
+drawn from `fold_in(key(seed), call number)`, so a policy is deterministic given its seed; a
+batched call (`Policy.infer_batch`) numbers its requests in list order, so it draws the same noise
+as that many single calls (results agree up to float rounding of the batched forward).
 """
 
 from __future__ import annotations
@@ -64,6 +66,14 @@ def frame_patches_of(grid: np.ndarray) -> int | None:
   return int(hw[0]) if len(grid) and bool(np.all(hw == hw[0]) and np.all(grid[:, 0] == 1)) else None
 
 
+@functools.partial(jax.jit, static_argnums=2)
+def start_noise(key: jax.Array, calls: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """Euler start noise float32 [len(calls), *shape]: call n draws normal(fold_in(key, n)), so a
+  batch of k requests gets exactly the noise of k single calls in the same order (one compiled
+  function per batch size)."""
+  return jax.vmap(lambda n: jax.random.normal(jax.random.fold_in(key, n), shape, jnp.float32))(calls)
+
+
 @dataclasses.dataclass
 class VLAModel:
   """Model input (see `Policy`) -> normalised chunk float32 [action_horizon, action_dim]."""
@@ -84,26 +94,47 @@ class VLAModel:
     self._predict = jax.jit(functools.partial(predict_actions, self.backbone.model, self.head),
                             static_argnames=("layer", "frame_patches", "embodiment_id", "mask_padding"))
 
-  def model_batch(self, inputs: dict) -> dict[str, np.ndarray]:
-    images = [inputs[f"image/{c}"] for c in self.cameras]
-    prompt = self.tokenizing.prompt(vla_messages(images, inputs["instruction"], system=self.system), images)
-    tokens = self.tokenizing.collate_tokens([prompt], left=True)
-    pixels = tokens["pixel_values"]
+  def model_batch(self, inputs: dict | Sequence[dict]) -> dict[str, np.ndarray]:
+    """The batch-major model batch of one model input or a list of them."""
+    many = [inputs] if isinstance(inputs, dict) else list(inputs)
+    prompts = []
+    for one in many:
+      images = [one[f"image/{c}"] for c in self.cameras]
+      prompts.append(self.tokenizing.prompt(vla_messages(images, one["instruction"], system=self.system), images))
+    tokens = self.tokenizing.collate_tokens(prompts, left=True)
+    b, pixels = len(many), tokens["pixel_values"]
     return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"],
-            "pixel_values": pixels.reshape(1, -1, pixels.shape[-1]),
-            "image_grid_thw": tokens["image_grid_thw"].reshape(1, -1, 3),
-            "state": np.asarray(inputs["state"], np.float32)[None]}
+            "pixel_values": pixels.reshape(b, -1, pixels.shape[-1]),
+            "image_grid_thw": tokens["image_grid_thw"].reshape(b, -1, 3),
+            "state": np.stack([np.asarray(one["state"], np.float32) for one in many])}
 
-  def __call__(self, inputs: dict) -> np.ndarray:
-    batch = self.model_batch(inputs)
+  def _noise(self, count: int) -> jax.Array:
+    """Start noise [count, horizon, action_dim] of the next `count` call numbers (see `start_noise`)."""
     c = self.head.config
-    noise = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(self.seed), self.calls),
-                              (1, c.action_horizon, c.action_dim), jnp.float32)
-    self.calls += 1
+    noise = start_noise(jax.random.PRNGKey(self.seed), jnp.arange(self.calls, self.calls + count),
+                        (c.action_horizon, c.action_dim))
+    self.calls += count
+    return noise
+
+  def _run(self, batch: dict, noise) -> np.ndarray:
     actions = self._predict(self.backbone_params, self.head_params, batch, noise, layer=self.feature_layer,
                             frame_patches=frame_patches_of(batch["image_grid_thw"]),
                             embodiment_id=self.embodiment_id, mask_padding=self.mask_padding)
-    return np.asarray(jax.device_get(actions))[0]
+    return np.asarray(jax.device_get(actions))
+
+  def __call__(self, inputs: dict) -> np.ndarray:
+    return self._run(self.model_batch(inputs), self._noise(1))[0]
+
+  def batch(self, inputs: Sequence[dict]) -> np.ndarray:
+    """[B, horizon, action_dim] in one forward. B is padded up to a power of two (repeating the
+    last input; the padding rows' noise is that of the next call numbers, discarded and not
+    counted) so a server compiles log2(max batch) shapes, not one per batch size."""
+    b = len(inputs)
+    padded = 1 << max(b - 1, 0).bit_length()
+    noise = self._noise(padded)
+    self.calls -= padded - b
+    inputs = list(inputs) + [inputs[-1]] * (padded - b)
+    return self._run(self.model_batch(inputs), noise)[:b]
 
 
 def save(policy_dir: str, *, head_params, head_config: action_head.ActionHeadConfig, backbone: backbone_lib.Backbone,
