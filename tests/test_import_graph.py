@@ -94,3 +94,70 @@ def test_subpackages_form_no_cycle(graph):
   for node in sorted(edges):
     if node not in state:
       visit(node, [])
+
+
+# Each simulator side runs in its own environment without JAX or the training package's
+# dependencies: LIBERO in .venv-libero (numpy, LIBERO, robosuite, MuJoCo, imageio, openpi-client, tqdm).
+SIM_SIDE = {"libero": {"numpy", "libero", "robosuite", "mujoco", "imageio", "openpi_client", "tqdm"}}
+# Importing roboalign_jax.eval.<simulator>.* executes these package __init__ files first.
+SIM_PARENTS = ("__init__.py", os.path.join("eval", "__init__.py"))
+# Simulator-agnostic harness modules the simulator sides may share; they may import only the
+# standard library and numpy.
+SIM_SHARED = {f"{PACKAGE}.eval.closed_loop"}
+
+
+def _all_imports(path):
+  """(module, line) of every import in the file; `from a.b import c` gives "a.b.c" when a.b.c is a
+  module of the package, else "a.b"; relative imports keep their dots."""
+  tree = ast.parse(open(path).read(), path)
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      for alias in node.names:
+        yield alias.name, node.lineno
+    elif isinstance(node, ast.ImportFrom):
+      if node.level:
+        yield "." * node.level + (node.module or ""), node.lineno
+        continue
+      for alias in node.names:
+        full = f"{node.module}.{alias.name}"
+        is_module = os.path.exists(os.path.join(REPO_ROOT, *full.split(".")) + ".py") or os.path.isdir(
+            os.path.join(REPO_ROOT, *full.split(".")))
+        yield (full if full.startswith(PACKAGE + ".") and is_module else node.module), node.lineno
+
+
+@pytest.mark.parametrize("simulator", sorted(SIM_SIDE))
+def test_simulator_side_imports_only_its_own_environment(simulator):
+  import sys
+  allowed = SIM_SIDE[simulator] | set(sys.stdlib_module_names) | {"__future__"}
+  own = f"{PACKAGE}.eval.{simulator}"
+  directory = os.path.join(ROOT, "eval", simulator)
+  assert os.path.isdir(directory), f"{directory} is missing"
+  bad = []
+  for name in sorted(os.listdir(directory)):
+    if not name.endswith(".py"):
+      continue
+    path = os.path.join(directory, name)
+    for module, line in _all_imports(path):
+      where = f"{os.path.relpath(path, REPO_ROOT)}:{line} imports {module}"
+      if module.startswith("."):
+        bad.append(where + " (relative; use the absolute name)")
+      elif module == PACKAGE or module.startswith(PACKAGE + "."):
+        if not (module == own or module.startswith(own + ".") or module in SIM_SHARED):
+          bad.append(where + f" (outside {own} and {sorted(SIM_SHARED)})")
+      elif module.split(".")[0] not in allowed:
+        bad.append(where + f" (not in the simulator environment: {sorted(SIM_SIDE[simulator])} + stdlib)")
+  light = set(sys.stdlib_module_names) | {"__future__"}
+  for parent in SIM_PARENTS:
+    path = os.path.join(ROOT, parent)
+    for module, line in _all_imports(path):
+      if module.split(".")[0] not in light:
+        bad.append(f"{os.path.relpath(path, REPO_ROOT)}:{line} imports {module} (runs on import of {own})")
+  for shared in sorted(SIM_SHARED):
+    path = os.path.join(REPO_ROOT, *shared.split(".")) + ".py"
+    if not os.path.isfile(path):
+      continue
+    for module, line in _all_imports(path):
+      if module.split(".")[0] not in light | {"numpy"}:
+        bad.append(f"{os.path.relpath(path, REPO_ROOT)}:{line} imports {module} (shared with the simulator "
+                   "side: standard library and numpy only)")
+  assert not bad, "\n".join(bad)

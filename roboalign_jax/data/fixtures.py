@@ -212,10 +212,13 @@ def camera_features(spec_name: str, image_shapes: Mapping[str, tuple[int, int, i
 
 
 def write_episodes(spec_name: str, out_dir: str, episode_dicts: Iterable[dict], *,
-                   file_format: str = "array_record", split: str = "train", features: Any = None) -> str:
+                   file_format: str = "array_record", split: str = "train", features: Any = None,
+                   builder_name: str | None = None, description: str | None = None) -> str:
   """Writes episodes with a TFDS builder named like the published dataset; returns the version dir.
 
   `features` overrides the spec's FeaturesDict (tests use it to write deliberately broken data).
+  `builder_name` replaces the spec's dataset name (e.g. "libero_object_no_noops" for the libero
+  spec, whose default is the spatial suite); `description` the dataset_info description.
   """
   import tensorflow_datasets as tfds  # writing needs TFDS (and TensorFlow for jpeg encoding)
   spec = get_spec(spec_name)
@@ -229,7 +232,7 @@ def write_episodes(spec_name: str, out_dir: str, episode_dicts: Iterable[dict], 
     def _info(self):
       # disable_shuffling: record i is episode i (TFDS would order records by a hash of their keys).
       return tfds.core.DatasetInfo(builder=self, features=feature_dict, disable_shuffling=True,
-                                   description=f"roboalign_jax fixture in the {spec.name} layout")
+                                   description=description or f"roboalign_jax fixture in the {spec.name} layout")
 
     def _split_generators(self, dl_manager):
       del dl_manager
@@ -239,7 +242,7 @@ def write_episodes(spec_name: str, out_dir: str, episode_dicts: Iterable[dict], 
       for i, episode in enumerate(items):
         yield f"episode_{i:06d}", episode
 
-  _FixtureBuilder.name = spec.builder_name
+  _FixtureBuilder.name = builder_name or spec.builder_name
   # TFDS looks for a builder's source file through importlib_resources when its module path
   # has dots, which fails for an editable install; a top-level module name skips that lookup.
   _FixtureBuilder.__module__ = "roboalign_jax_fixture"
