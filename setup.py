@@ -23,12 +23,16 @@ setup(
         "chex>=0.1.90,<0.2",
         "numpy>=2.0,<3",
         "scipy>=1.14,<2",
+        # DTW alignment of robot-state sequences for the KNN representation probe (eval/knn_probe.py).
+        "dtaidistance>=2.3,<3",
         "tokenizers>=0.22,<1",
         "safetensors>=0.5,<1",
         "tensorboardX>=2.6,<3",
         "tqdm>=4.66,<5",
         "pillow>=10,<13",
         "matplotlib>=3.9,<4",
+        # Parquet files of the MLLM benchmarks (MMStar, BLINK) as published on the HF Hub.
+        "pyarrow>=17,<27",
         # The policy server (roboalign_jax/serving): openpi's websocket + msgpack protocol.
         "websockets>=15,<17",
         "msgpack>=1.0.5,<2",

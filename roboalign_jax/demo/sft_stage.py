@@ -5,6 +5,7 @@ Puts into the context what later stages need:
   conversations {"vqa": JSONL, "reasoning": JSONL}
   fast_dir     the fitted FAST tokenizer
   data_config  the ml_collections data config the SFT run trained on
+  sft_config   the whole SFT config (the probe stage rebuilds the run's random init from it)
   sft_hf_dir   the trained model as an HF directory (tokenizer with the action tokens inside)
 """
 
@@ -82,7 +83,7 @@ def run(context: dict[str, Any]):
              "sft.padding_fraction": latest_per_step(records, "padding_fraction")[steps[-1]],
              "sft.steps": steps[-1]}
   context.update(sft_hf_dir=summary["hf_dir"], fast_dir=paths["fast_dir"], fixtures=paths["fixtures"],
-                 conversations=paths["conversations"], data_config=config.data)
+                 conversations=paths["conversations"], data_config=config.data, sft_config=config)
   chance = 1 / FAST_VOCAB
   text = (f"The tiny Qwen2.5-VL (random init, vocabulary extended with the action tokens) is fine-tuned for "
           f"{steps[-1]} steps on a mixture of Bridge-layout fixture FAST samples and VQA / reasoning conversations "

@@ -183,6 +183,13 @@ def layer_features(model: Any, params: Any, input_ids, attention_mask, pixel_val
   return out.hidden_states[layer]
 
 
+def paper_feature_layer(num_layers: int) -> int:
+  """The paper's Stage 3 feature depth, layer 18 of Qwen2.5-VL-7B's 28, scaled to a backbone of
+  `num_layers` decoder layers (18 for 28, 23 for the 36-layer 3B, 3 for the 4-layer tiny model).
+  Stage 3 and the representation probe both read this layer by default."""
+  return max(1, round(num_layers * 18 / 28))
+
+
 def content_hash(checkpoint_dir: str) -> str:
   """sha256 over a checkpoint directory's config.json and weight files (names and bytes): what
   identifies the weights a run was trained on, whatever the directory is called later."""

@@ -22,6 +22,8 @@ EVALUATORS: dict[str, str] = {
     "debug_heldout": "roboalign_jax.train.debug:make_heldout_evaluator",
     "sft_heldout": "roboalign_jax.train.sft_eval:make_evaluator",
     "vla_action_mse": "roboalign_jax.train.vla:make_heldout_evaluator",
+    # The representation probe of the model being trained (any stage whose setup has `.backbone`).
+    "knn_probe": "roboalign_jax.eval.knn_probe:make_evaluator",
 }
 
 

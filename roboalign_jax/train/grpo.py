@@ -45,7 +45,7 @@ from roboalign_jax.parallel import partitioned
 from roboalign_jax.parallel import sharding as sharding_lib
 from roboalign_jax.rl import grpo as grpo_lib
 from roboalign_jax.rl import rewards
-from roboalign_jax.train import loop
+from roboalign_jax.train import evaluators, loop
 from roboalign_jax.train.optimizer import make_optimizer
 from roboalign_jax.train.train_state import TrainState, apply_gradients
 
@@ -428,5 +428,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   return loop.run(config, workdir, mesh, loop.Stage(
       name="grpo", state=setup.state, abstract_state=setup.abstract_state, step=step, data_iter=data_iter,
       num_steps=num_rollout_steps(config), metadata={"dataset_statistics": dataset_statistics(handles)},
+      evaluators=evaluators.build(config, setup),
       export=lambda state: export(config, workdir, state.params, setup.backbone),
       progress_keys=("accuracy_reward", "format_reward", "kl")))
