@@ -1,4 +1,4 @@
-"""The closed-loop harnesses' shared parts: chunk execution with re-planning, the resumable trial
+"""The closed-loop harnesses' shared parts: chunk execution with re-planning, the resumable JSONL
 log (a torn last line from a killed run is dropped) and the success tables."""
 
 import json
@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from roboalign_jax.eval import closed_loop
+from roboalign_jax.eval import closed_loop, jsonl_log
 
 
 def test_chunks_replan_every_k_actions():
@@ -30,22 +30,30 @@ def test_chunks_replan_every_k_actions():
     empty.act(lambda: {})
 
 
-def test_trial_log_resumes_and_drops_a_torn_line(tmp_path):
+def test_resumable_log_skips_done_items_and_drops_a_torn_line(tmp_path):
   path = str(tmp_path / "results.jsonl")
-  log = closed_loop.TrialLog(path, ("suite", "task_id", "trial"))
+  log = jsonl_log.ResumableLog(path, ("suite", "task_id", "trial"))
   log.append({"suite": "s", "task_id": 0, "trial": 0, "success": True})
   log.append({"suite": "s", "task_id": 0, "trial": 1, "success": False})
   with open(path, "a") as f:
     f.write('{"suite": "s", "task_id": 0, "tri')  # killed mid-write
-  resumed = closed_loop.TrialLog(path, ("suite", "task_id", "trial"))
-  assert len(resumed.results) == 2 and resumed.done(("s", 0, 1)) and not resumed.done(("s", 0, 2))
+  resumed = jsonl_log.ResumableLog(path, ("suite", "task_id", "trial"))
+  assert len(resumed) == 2 and resumed.done(("s", 0, 1)) and not resumed.done(("s", 0, 2))
+  assert resumed.get(("s", 0, 1))["success"] is False
   assert open(path).read().count("\n") == 2  # the torn tail is gone
   resumed.append({"suite": "s", "task_id": 0, "trial": 2, "success": True})
   assert [json.loads(line)["trial"] for line in open(path)] == [0, 1, 2]
+  with pytest.raises(KeyError):
+    resumed.append({"suite": "s", "trial": 3})  # no key field: nothing is written
+  assert len(open(path).read().splitlines()) == 3
   with open(path, "w") as f:
     f.write('not json\n{"suite": "s", "task_id": 0, "trial": 0, "success": true}\n')
-  with pytest.raises(ValueError, match=r"results.jsonl:1 is not JSON"):
-    closed_loop.TrialLog(path, ("suite", "task_id", "trial"))
+  with pytest.raises(ValueError, match=r"results.jsonl line 1 is malformed"):
+    jsonl_log.ResumableLog(path, ("suite", "task_id", "trial"))
+  with open(path, "w") as f:
+    f.write('{"suite": "s", "task_id": 0}\n')  # a complete line without a key field is not a torn tail
+  with pytest.raises(ValueError, match=r"line 1 is malformed \(KeyError"):
+    jsonl_log.ResumableLog(path, ("suite", "task_id", "trial"))
 
 
 def test_tables_hand_worked():

@@ -105,7 +105,7 @@ SIM_SIDE = {"libero": {"numpy", "libero", "robosuite", "mujoco", "imageio", "ope
 SIM_PARENTS = ("__init__.py", os.path.join("eval", "__init__.py"))
 # Simulator-agnostic harness modules the simulator sides may share; they may import only the
 # standard library and numpy.
-SIM_SHARED = {f"{PACKAGE}.eval.closed_loop"}
+SIM_SHARED = {f"{PACKAGE}.eval.closed_loop", f"{PACKAGE}.eval.jsonl_log"}
 
 
 def _all_imports(path):

@@ -1,5 +1,5 @@
-"""What every closed-loop harness shares: executing a policy's action chunks with re-planning, an
-append-only trial log that an interrupted evaluation resumes from, and the success tables.
+"""What every closed-loop harness shares: index lists, executing a policy's action chunks with
+re-planning, and the success tables (the resumable trial log is eval/jsonl_log.py).
 
 Simulator side: imports only the standard library and NumPy, so it runs in a simulator's own
 environment (LIBERO, Meta-World, CALVIN) next to the openpi client.
@@ -8,8 +8,6 @@ environment (LIBERO, Meta-World, CALVIN) next to the openpi client.
 from __future__ import annotations
 
 import collections
-import json
-import os
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -59,42 +57,6 @@ class ActionChunks:
       self.plan.extend(actions[: self.replan])
       self.requests += 1
     return self.plan.popleft()
-
-
-class TrialLog:
-  """One JSON line per finished trial at `path`, keyed by `key_fields`; an interrupted evaluation
-  skips the trials already written. A torn last line (killed mid-write) is dropped on load."""
-
-  def __init__(self, path: str, key_fields: Sequence[str]):
-    self.path, self.key_fields = path, tuple(key_fields)
-    self.results: list[dict] = []
-    if os.path.exists(path):
-      with open(path) as f:
-        lines = f.read().split("\n")
-      for number, line in enumerate(lines, 1):
-        if not line.strip():
-          continue
-        try:
-          self.results.append(json.loads(line))
-        except json.JSONDecodeError:
-          if number < len(lines) - 1:  # only the last line may be torn
-            raise ValueError(f"{path}:{number} is not JSON; expected one trial result per line") from None
-      with open(path, "w") as f:  # rewrite without a torn tail
-        f.writelines(json.dumps(r) + "\n" for r in self.results)
-    self._done = {self.key(r) for r in self.results}
-
-  def key(self, result: Mapping[str, Any]) -> tuple:
-    return tuple(result[k] for k in self.key_fields)
-
-  def done(self, key: Iterable) -> bool:
-    return tuple(key) in self._done
-
-  def append(self, result: Mapping[str, Any]) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-    with open(self.path, "a") as f:
-      f.write(json.dumps(dict(result)) + "\n")
-    self.results.append(dict(result))
-    self._done.add(self.key(result))
 
 
 def success_by(results: Iterable[Mapping[str, Any]], field: str) -> dict[Any, dict[str, float]]:

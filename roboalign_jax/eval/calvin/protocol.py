@@ -14,12 +14,11 @@ now, {subtask})`), and is exercised in the tests with a scripted environment of 
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from roboalign_jax.eval import jsonl_log
 from roboalign_jax.eval.calvin.sequences import SEQUENCE_LENGTH, State, evaluation_sequences
 from roboalign_jax.eval.closed_loop import ActionChunks
 
@@ -114,19 +113,14 @@ def run_chain(env: Env, policy: ChainPolicy, oracle: Any, initial_state: State, 
 def evaluate(env: Env, policy: ChainPolicy, oracle: Any, instructions: Mapping[str, str], results_path: str, *,
              num_sequences: int = 1000, progress: Callable[[Iterable], Iterable] = iter) -> dict[str, float]:
   """All chains, appending {"chain", "initial_state", "sequence", "length"} per chain to the JSONL
-  `results_path` (an interrupted run resumes after the last chain written); returns the score."""
+  `results_path` (an interrupted run resumes with the chains not written yet); returns the score."""
   chains = evaluation_sequences(num_sequences)
-  lengths = []
-  if os.path.exists(results_path):
-    with open(results_path) as f:
-      lengths = [json.loads(line)["length"] for line in f if line.strip()]
-  with open(results_path, "a") as f:
-    for index in progress(range(len(lengths), len(chains))):
-      state, sequence = chains[index]
-      length = run_chain(env, policy, oracle, state, sequence, instructions)
-      f.write(json.dumps({"chain": index, "initial_state": state, "sequence": list(sequence), "length": length}) + "\n")
-      f.flush()
-      lengths.append(length)
+  log = jsonl_log.ResumableLog(results_path, ("chain",))
+  for index in progress([i for i in range(len(chains)) if not log.done((i,))]):
+    state, sequence = chains[index]
+    length = run_chain(env, policy, oracle, state, sequence, instructions)
+    log.append({"chain": index, "initial_state": state, "sequence": list(sequence), "length": length})
+  lengths = [log.get((i,))["length"] for i in range(len(chains)) if log.done((i,))]
   return success_rates(lengths)
 
 

@@ -34,7 +34,7 @@ import traceback
 import numpy as np
 import tqdm
 
-from roboalign_jax.eval import closed_loop
+from roboalign_jax.eval import closed_loop, jsonl_log
 from roboalign_jax.eval.libero.env import MAX_STEPS, NOOP_ACTION, SUITES, LiberoEnv
 
 NUM_WAIT_STEPS = 10
@@ -147,14 +147,14 @@ def summarize(results: list[dict], out_dir: str, name: str = "policy") -> dict:
 
 def evaluate(settings: dict, suites: list[str], tasks: str, trials: str, workers: int) -> dict:
   from libero.libero import benchmark  # noqa: PLC0415
-  log = closed_loop.TrialLog(os.path.join(settings["out_dir"], RESULTS_FILE), ("suite", "task_id", "trial"))
+  log = jsonl_log.ResumableLog(os.path.join(settings["out_dir"], RESULTS_FILE), ("suite", "task_id", "trial"))
   jobs = []
   for suite in suites:
     task_suite = benchmark.get_benchmark_dict()[suite]()
     for task_id in closed_loop.index_list(tasks, task_suite.n_tasks):
       count = len(task_suite.get_task_init_states(task_id))
       jobs += [(suite, task_id, k) for k in closed_loop.index_list(trials, count) if not log.done((suite, task_id, k))]
-  done_before = len(log.results)
+  done_before = len(log.records)
   print(f"{len(jobs)} trials to run ({done_before} already in {log.path}), {workers} workers", flush=True)
   start = time.perf_counter()
   if jobs:
@@ -163,12 +163,12 @@ def evaluate(settings: dict, suites: list[str], tasks: str, trials: str, workers
         tqdm.tqdm(total=len(jobs), desc="LIBERO trials", unit="trial") as bar:
       for result in pool.imap_unordered(_run_job, jobs):
         log.append(result)
-        rate = np.mean([r["success"] for r in log.results[done_before:]])
+        rate = np.mean([r["success"] for r in log.records[done_before:]])
         bar.set_postfix(success=f"{100 * rate:.1f}%")
         bar.update(1)
         bar.write(f"{result['suite']} task {result['task_id']} trial {result['trial']}: "
                   f"{'success' if result['success'] else 'failure'} in {result['steps']} steps ({result['seconds']:.0f} s)")
-  summary = summarize(log.results, settings["out_dir"], settings.get("name", "policy"))
+  summary = summarize(log.records, settings["out_dir"], settings.get("name", "policy"))
   summary["wall_seconds"] = round(time.perf_counter() - start, 1)
   return summary
 

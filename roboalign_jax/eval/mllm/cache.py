@@ -11,12 +11,12 @@ dropped (with a warning); a malformed line elsewhere is an error naming the file
 
 from __future__ import annotations
 
-import json
-import logging
-import os
 from typing import Iterable
 
+from roboalign_jax.eval import jsonl_log
+
 Key = tuple[str, str, str, str]  # (benchmark, id, model, generation)
+FIELDS = ("benchmark", "id", "model", "generation")
 
 
 def make_key(benchmark: str, example_id: str, model: str, generation: str) -> Key:
@@ -24,60 +24,21 @@ def make_key(benchmark: str, example_id: str, model: str, generation: str) -> Ke
 
 
 class AnswerCache:
+  """The answers of `path` by key, over a ResumableLog (append, flush, torn-tail handling)."""
 
   def __init__(self, path: str):
     self.path = path
-    self._answers: dict[Key, str] = {}
-    if os.path.isfile(path):
-      self._read()
-
-  def _read(self) -> None:
-    with open(self.path) as f:
-      lines = f.readlines()
-    for number, line in enumerate(lines, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-        key = make_key(record["benchmark"], record["id"], record["model"], record["generation"])
-        answer = record["answer"]
-      except (json.JSONDecodeError, KeyError, TypeError) as error:
-        if number == len(lines) and not line.endswith("\n"):
-          logging.warning("%s: dropping the incomplete last line (an interrupted write)", self.path)
-          self._rewrite()
-          return
-        raise ValueError(f"answer cache {self.path} line {number} is malformed ({error}); expected "
-                         "{'benchmark', 'id', 'model', 'generation', 'answer'}") from error
-      self._answers[key] = answer
-
-  def _rewrite(self) -> None:
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
-      for key, answer in self._answers.items():
-        f.write(_line(key, answer))
-    os.replace(tmp, self.path)
+    self._log = jsonl_log.ResumableLog(path, FIELDS)
 
   def __len__(self) -> int:
-    return len(self._answers)
+    return len(self._log)
 
   def __contains__(self, key: Key) -> bool:
-    return key in self._answers
+    return self._log.done(key)
 
   def get(self, key: Key) -> str | None:
-    return self._answers.get(key)
+    record = self._log.get(key)
+    return None if record is None else record["answer"]
 
   def put_many(self, items: Iterable[tuple[Key, str]]) -> None:
-    items = list(items)
-    os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-    with open(self.path, "a") as f:
-      for key, answer in items:
-        f.write(_line(key, answer))
-      f.flush()
-      os.fsync(f.fileno())
-    self._answers.update(items)
-
-
-def _line(key: Key, answer: str) -> str:
-  benchmark, example_id, model, generation = key
-  return json.dumps({"benchmark": benchmark, "id": example_id, "model": model, "generation": generation,
-                     "answer": answer}) + "\n"
+    self._log.extend({**dict(zip(FIELDS, key)), "answer": answer} for key, answer in items)
