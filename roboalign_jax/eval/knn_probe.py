@@ -397,12 +397,7 @@ def _pooled(model, params, input_ids, attention_mask, weights, pixel_values, ima
 
 def resolve_layer(backbone: backbone_lib.Backbone, layer: int) -> int:
   """`layer`, or 0 = the Stage 3 feature layer; ValueError when outside 1..num_layers."""
-  n = backbone.num_layers
-  layer = int(layer) or backbone_lib.paper_feature_layer(n)
-  if not 1 <= layer <= n:
-    raise ValueError(f"knn probe layer={layer}; the backbone has {n} decoder layers (expected 1..{n}, or 0 for the "
-                     "Stage 3 feature layer)")
-  return layer
+  return backbone_lib.feature_layer(backbone.num_layers, layer, name="knn probe layer")
 
 
 def feature_function(backbone: backbone_lib.Backbone):

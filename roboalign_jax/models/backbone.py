@@ -190,6 +190,16 @@ def paper_feature_layer(num_layers: int) -> int:
   return max(1, round(num_layers * 18 / 28))
 
 
+def feature_layer(num_layers: int, layer: int = 0, *, name: str = "feature layer") -> int:
+  """`layer`, or 0 = `paper_feature_layer(num_layers)`; ValueError naming `name` when outside
+  1..num_layers."""
+  chosen = int(layer) or paper_feature_layer(num_layers)
+  if not 1 <= chosen <= num_layers:
+    raise ValueError(f"{name}={chosen}; the backbone has {num_layers} decoder layers (expected 1..{num_layers}, "
+                     "or 0 for the paper's Stage 3 depth)")
+  return chosen
+
+
 def content_hash(checkpoint_dir: str) -> str:
   """sha256 over a checkpoint directory's config.json and weight files (names and bytes): what
   identifies the weights a run was trained on, whatever the directory is called later."""

@@ -51,12 +51,7 @@ MODEL_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "
 def feature_layer(config: ml_collections.ConfigDict, backbone: backbone_lib.Backbone) -> int:
   """`vla.feature_layer`, or 0 = the paper's depth: layer 18 of 28 scaled to the backbone
   (18 for Qwen2.5-VL-7B, 23 for the 36-layer 3B, 3 for the 4-layer tiny model)."""
-  n = backbone.num_layers
-  layer = int(config.vla.feature_layer) or backbone_lib.paper_feature_layer(n)
-  if not 1 <= layer <= n:
-    raise ValueError(f"config.vla.feature_layer={layer}; the backbone has {n} decoder layers (expected 1..{n}; "
-                     "0 picks the paper's relative depth)")
-  return layer
+  return backbone_lib.feature_layer(backbone.num_layers, config.vla.feature_layer, name="config.vla.feature_layer")
 
 
 def head_config(config: ml_collections.ConfigDict, backbone: backbone_lib.Backbone) -> action_head.ActionHeadConfig:
