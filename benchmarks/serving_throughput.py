@@ -8,8 +8,8 @@ server does) and with dynamic batching (--max_batch=16).
 Without --policy_dir it serves a tiny policy of the random test backbone (tests/tiny_policies.py,
 a LIBERO fixture): "vla" (the default) has a batched forward, "fast" answers a batch one request
 after another, so it shows the batching overhead only. Each client (a thread with its own
-connection) sends requests back to back; every level first runs `--seconds` untimed so all batch
-shapes are compiled. Prints the load average before and after: the numbers are only comparable
+connection) sends requests back to back; every level first runs untimed so all batch shapes are
+compiled, then alternates between the two servers for `--rounds` timed runs (medians reported). Prints the load average before and after: the numbers are only comparable
 on an otherwise idle machine.
 """
 
@@ -112,6 +112,7 @@ def main():
   parser.add_argument("--clients", default="1,4,16")
   parser.add_argument("--seconds", type=float, default=5.0)
   parser.add_argument("--max_wait_ms", type=float, default=5.0)
+  parser.add_argument("--rounds", type=int, default=3, help="interleaved timed runs per side and level")
   args = parser.parse_args()
   import portpicker
   root = tempfile.mkdtemp(prefix="serving_bench_")
@@ -119,26 +120,38 @@ def main():
   policy_dir = args.policy_dir or policy_dir
   levels = [int(c) for c in args.clients.split(",")]
   print(f"load average before: {os.getloadavg()}; {os.cpu_count()} CPUs; {args.kind} policy {policy_dir}")
-  rows = []
-  for max_batch in (1, max(levels)):
-    port = portpicker.pick_unused_port()
-    proc = start_server(policy_dir, port, max_batch, args.max_wait_ms, os.path.join(root, f"serve_{max_batch}.log"))
-    try:
-      for clients in levels:
-        load(port, clients, 2 * args.seconds, requests)  # warm-up: compiles the batch shapes this level uses
-        rps, latencies, batches = load(port, clients, args.seconds, requests)
-        rows.append((max_batch, clients, rps))
-        print(f"max_batch {max_batch:2d}  clients {clients:2d}: {rps:7.2f} requests/s, latency median "
-              f"{statistics.median(latencies):7.1f} ms, max {max(latencies):7.1f} ms; mean batch "
-              f"{statistics.mean(batches):.1f}; load {os.getloadavg()[0]:.2f}", flush=True)
-    finally:
+  # Both servers run side by side (idle while the other is measured); each level alternates
+  # between them for --rounds timed runs, so load drift hits both sides alike; medians are reported.
+  sides = (1, max(levels))
+  procs = {}
+  try:
+    for max_batch in sides:
+      port = portpicker.pick_unused_port()
+      procs[max_batch] = (port, start_server(policy_dir, port, max_batch, args.max_wait_ms,
+                                             os.path.join(root, f"serve_{max_batch}.log")))
+    for clients in levels:
+      for max_batch in sides:
+        load(procs[max_batch][0], clients, 2 * args.seconds, requests)  # warm-up: compiles this level's shapes
+      runs = {max_batch: [] for max_batch in sides}
+      for _ in range(args.rounds):
+        for max_batch in sides:
+          runs[max_batch].append(load(procs[max_batch][0], clients, args.seconds, requests))
+      medians = {}
+      for max_batch in sides:
+        rps = statistics.median(r[0] for r in runs[max_batch])
+        latency = statistics.median(statistics.median(r[1]) for r in runs[max_batch])
+        batch = statistics.mean(b for r in runs[max_batch] for b in r[2])
+        medians[max_batch] = rps
+        print(f"max_batch {max_batch:2d}  clients {clients:2d}: median {rps:7.2f} requests/s over {args.rounds} "
+              f"interleaved runs, latency median {latency:7.1f} ms; mean batch {batch:.1f}; "
+              f"load {os.getloadavg()[0]:.2f}", flush=True)
+      print(f"{clients:2d} clients: batching {medians[sides[1]] / medians[1]:.2f}x the requests/s of one at a time",
+            flush=True)
+  finally:
+    for _, proc in procs.values():
       proc.terminate()
       proc.wait(timeout=30)
   print(f"load average after: {os.getloadavg()}")
-  base = {clients: rps for max_batch, clients, rps in rows if max_batch == 1}
-  for max_batch, clients, rps in rows:
-    if max_batch != 1:
-      print(f"{clients:2d} clients: batching {rps / base[clients]:.2f}x the requests/s of one at a time")
 
 
 if __name__ == "__main__":
