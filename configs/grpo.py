@@ -13,7 +13,14 @@ backbone), `tiny` (the tiny backbone on fixture data, minutes on a 2-core CPU; a
 since a few dozen updates at 1e-6 would not move it).
 Arguments: init (HF directory to start from), fast (FAST tokenizer dir), data (TFDS version
 directory of a Bridge-layout dataset), spec (its layout, default bridge), steps (rollout
-batches; default: one epoch over grpo.num_prompts).
+batches; default: one epoch over grpo.num_prompts), eval_data / eval_split (held-out prompts for
+validation: a TFDS directory and its split, e.g. `eval_data=/data/bridge/1.0.0,eval_split=val` for
+BridgeV2's validation split; default: none -> no validation).
+
+Validation (`config.evals.validation`, train/grpo_eval.py) follows EasyR1's trainer: the
+starting policy before training (val_before_train), every 5 rollout batches (val_freq) and after
+the last, sampled as EasyR1's example val_override_config (temperature 0.6, top_p 0.95, n 1)
+with fixed keys; logged as val/reward, val/accuracy_reward, val/format_reward, val/response_length.
 
 A "step" of this stage is one rollout batch (EasyR1's global step): `train.num_steps`,
 `checkpoint.every_steps` and `metrics.jsonl` count rollout batches; `optimizer_steps` in the log
@@ -29,7 +36,8 @@ from roboalign_jax.data.samples import GRPO_SYSTEM_PROMPT
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = config_args.parse(arg, variants=("tiny", "3b", "7b"), init="", fast="", data="", spec="bridge", steps=0)
+  args = config_args.parse(arg, variants=("tiny", "3b", "7b"), init="", fast="", data="", spec="bridge", steps=0,
+                           eval_data="", eval_split="train")
   config = base_config("grpo")
   config.variant = args.variant
   config.model = ml_collections.ConfigDict(dict(
@@ -54,6 +62,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       reward="roboalign",     # rl/rewards.py REWARDS: (format + FAST-id prefix accuracy) / 2
       online_filtering=False,  # drop groups whose rewards are all equal before the update
       ))
+  # Validation on held-out prompts (train/grpo_eval.py): EasyR1's val_before_train, val_freq and
+  # val_override_config; `every` counts rollout batches.
+  config.evals.validation = ml_collections.ConfigDict(dict(
+      type="grpo_validation", every=5, before_train=True,
+      datasets=[dataset_entry(args.spec, args.eval_data)] if args.eval_data else [],
+      split=args.eval_split,  # the TFDS split of the held-out datasets
+      num_prompts=512, batch_size=128,  # fixed prompt set, generated batch_size prompts at a time
+      num_samples=1, temperature=0.6, top_p=0.95, seed=0,  # fixed keys from seed; temperature 0 = greedy
+      max_new_tokens=0))  # 0 = rollout.max_new_tokens
   config.optim = ml_collections.ConfigDict(dict(
       lr=1e-6, schedule="constant", warmup_ratio=0.0, warmup_steps=0, final_lr_ratio=0.0,
       b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2, grad_clip=1.0, accumulate_steps=1, frozen=()))
@@ -76,6 +93,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.grpo.update(num_prompts=8 * 40, update_batch_size=16, micro_batch_size=16)
     config.optim.lr = 1e-3
     config.checkpoint.every_steps = 10
+    # 16 held-out prompts x 4 samples with the rollout's sampling (EasyR1's default, an empty
+    # val_override_config): at this scale RL mostly sharpens the policy around the answer that
+    # greedy or temperature-0.6 decoding already gives, which only full-temperature samples show.
+    # Batches of 8 prompts reuse the rollout's compiled sampler.
+    config.evals.validation.update(num_prompts=16, batch_size=8, num_samples=4, temperature=1.0, top_p=1.0)
   if args.steps:
     config.train.num_steps = args.steps
   return config

@@ -112,6 +112,11 @@ def test_paper_defaults_in_the_7b_variant():
   _, schedule = make_optimizer(o, 500)
   assert float(schedule(0)) == float(schedule(499)) == 1e-6
   assert load_config("configs/grpo.py:7b,steps=3").train.num_steps == 3
+  # Validation as EasyR1's example config: val_before_train, val_freq 5, temperature 0.6, top_p 0.95, n 1.
+  v = config.evals.validation
+  assert (v.type, v.before_train, v.every, v.temperature, v.top_p, v.num_samples) == (
+      "grpo_validation", True, 5, 0.6, 0.95, 1)
+  assert v.datasets == [] and load_config("configs/grpo.py:7b,eval_data=/d,eval_split=val").evals.validation.split == "val"
 
 
 @pytest.mark.parametrize("change,message", [

@@ -3,10 +3,12 @@
     config.evals.heldout = dict(type="sft_heldout", every=500, datasets=[...], num_batches=4, ...)
 
 Each entry names a registered evaluator `type`, how often it runs (`every` steps; 0 = only after
-the last step) and its own options. The loop writes what an evaluator returns (scalars, keys
-like `eval/loss`) to metrics.jsonl and TensorBoard at that step. A type is an import path to a
-factory `make(options, setup) -> callable(state, step) -> {name: scalar}`; `setup` is the stage's
-own setup record (model, mesh, data, ...), whose fields the factory reads.
+the last step), whether it also runs once before the first step (`before_train`, logged at step
+0 of a run that starts from scratch; EasyR1's `val_before_train`) and its own options. The loop
+writes what an evaluator returns (scalars, keys like `eval/loss`) to metrics.jsonl and
+TensorBoard at that step. A type is an import path to a factory
+`make(options, setup) -> callable(state, step) -> {name: scalar}`; `setup` is the stage's own
+setup record (model, mesh, data, ...), whose fields the factory reads.
 """
 
 from __future__ import annotations
@@ -24,15 +26,19 @@ EVALUATORS: dict[str, str] = {
     "vla_action_mse": "roboalign_jax.train.vla:make_heldout_evaluator",
     # The representation probe of the model being trained (any stage whose setup has `.backbone`).
     "knn_probe": "roboalign_jax.eval.knn_probe:make_evaluator",
+    # GRPO validation on held-out prompts (EasyR1's val_freq / val_before_train).
+    "grpo_validation": "roboalign_jax.train.grpo_eval:make_evaluator",
 }
 
 
 @dataclasses.dataclass
 class Evaluator:
-  """A named evaluation run every `every` steps (0: only after the last step) and at the end."""
+  """A named evaluation run every `every` steps (0: only after the last step) and at the end,
+  and at step 0 before training when `before_train` (runs that resume skip it)."""
   name: str
   every: int
   fn: Callable[[Any, int], Mapping[str, float]]
+  before_train: bool = False
 
   def due(self, step: int, num_steps: int) -> bool:
     return bool(self.every and step % self.every == 0) or step == num_steps
@@ -59,5 +65,5 @@ def build(config: ml_collections.ConfigDict, setup: Any) -> list[Evaluator]:
       raise ValueError(f"config.evals.{name}.every={every}; expected >= 0 (0 = only after the last step)")
     fn = factory(options.type)(options, setup)
     if fn is not None:  # a factory may decline (e.g. no held-out data configured)
-      evaluators.append(Evaluator(name, every, fn))
+      evaluators.append(Evaluator(name, every, fn, bool(options.get("before_train", False))))
   return evaluators

@@ -19,6 +19,10 @@ The shared loop (`train/loop.py`) runs the rollout batches: checkpoints (every
 prompt iterator's position; the rollout RNG is `fold_in(state.rng, step)`, so a resumed run
 samples what an uninterrupted one would. The reference is re-read from `model.init_dir` on
 resume. At the end the policy is exported as an HF directory.
+
+Validation (EasyR1's `trainer.val_freq` / `val_before_train`) is the `grpo_validation` evaluator
+declared in `config.evals` (`train/grpo_eval.py`): held-out prompts scored with the same reward,
+logged as `val/...` before the first rollout batch, every `every` batches and after the last.
 """
 
 from __future__ import annotations
@@ -133,8 +137,11 @@ def _allgather_objects(items: list) -> list:
   return [json.loads(bytes(row[:n]).decode()) for row, n in zip(rows, lengths)]
 
 
-def prompts_from_batch(batch: dict[str, Any]) -> Prompts:
-  """The data pipeline's GRPO batch (this process's rows) -> every process's prompts."""
+def prompts_from_batch(batch: dict[str, Any], *, gather: bool = True) -> Prompts:
+  """The data pipeline's GRPO batch (this process's rows) -> every process's prompts.
+
+  gather=False: the batch already holds every prompt (one read by each process alike, e.g. the
+  validation set of `grpo_eval`), so nothing is gathered."""
   grid = np.asarray(batch["image_grid_thw"], np.int32)
   b = grid.shape[0]
   if batch["input_ids"].shape[0] != b:
@@ -145,10 +152,10 @@ def prompts_from_batch(batch: dict[str, Any]) -> Prompts:
                      "set config.data.image_size so that every image is resized to one size")
   patches = int(np.prod(grid[0]))
   pixels = np.asarray(batch["pixel_values"], np.float32).reshape(b, patches, -1)
-  return Prompts(input_ids=_allgather(np.asarray(batch["input_ids"], np.int32)),
-                 attention_mask=_allgather(np.asarray(batch["attention_mask"], np.int32)),
-                 pixel_values=_allgather(pixels), image_grid_thw=_allgather(grid),
-                 targets=_allgather_objects(list(batch["target"])))
+  rows, objects = (_allgather, _allgather_objects) if gather else (np.asarray, list)
+  return Prompts(input_ids=rows(np.asarray(batch["input_ids"], np.int32)),
+                 attention_mask=rows(np.asarray(batch["attention_mask"], np.int32)),
+                 pixel_values=rows(pixels), image_grid_thw=rows(grid), targets=objects(list(batch["target"])))
 
 
 def informative_samples(rewards_: np.ndarray, group_size: int) -> np.ndarray:
@@ -271,13 +278,21 @@ class GRPOSetup:
   ref_params: Any        # frozen initial policy, sharded like the policy; None when kl_coef == 0
   eos_ids: list[int]
   make_functions: Any    # frame_patches -> (logprobs, update), built on first use
+  # What evaluators read (`grpo_eval`): the run's config and mesh, the prompt data config (with
+  # its processor_dir) and the opened training datasets (statistics, and which data is trained on).
+  config: ml_collections.ConfigDict | None = None
+  mesh: Any = None
+  data: ml_collections.ConfigDict | None = None
+  handles: list = dataclasses.field(default_factory=list)
 
   def functions(self, frame_patches: int):
     return self.make_functions(frame_patches)
 
 
-def build(config: ml_collections.ConfigDict, mesh) -> GRPOSetup:
-  """Backbone, sharded train state and reference, and the jitted log-prob / update functions.
+def build(config: ml_collections.ConfigDict, mesh, *, data: ml_collections.ConfigDict | None = None,
+          handles=()) -> GRPOSetup:
+  """Backbone, sharded train state and reference, and the jitted log-prob / update functions
+  (`data` / `handles`: the prompt data config and its opened datasets, kept for evaluators).
 
   logprobs: (params, update rows) -> f32 [U, N]; update: (state, update rows) -> (state, metrics).
   Both are compiled for prompts of `data.max_seq_len` tokens and images of `frame_patches` patches.
@@ -325,7 +340,8 @@ def build(config: ml_collections.ConfigDict, mesh) -> GRPOSetup:
                           num_micro=num_micro, use_ref=use_ref, **kw), mesh, rules, shardings)
     return logprobs, update
 
-  return GRPOSetup(backbone, state, abstract_state, ref_params, backbone.end_of_turn_ids, make_functions)
+  return GRPOSetup(backbone, state, abstract_state, ref_params, backbone.end_of_turn_ids, make_functions,
+                   config=config, mesh=mesh, data=data, handles=list(handles))
 
 
 # ---- one rollout batch ---------------------------------------------------------------------------
@@ -423,7 +439,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   data.processor_dir = data.processor_dir or config.model.init_dir
   handles = open_datasets(data, "train")
   data_iter = iter(make_dataset(data, "train", handles=handles))
-  setup = build(config, mesh)
+  setup = build(config, mesh, data=data, handles=handles)
   step = lambda state, batch, n: rollout_step(config, setup, mesh, state, prompts_from_batch(batch), n)
   return loop.run(config, workdir, mesh, loop.Stage(
       name="grpo", state=setup.state, abstract_state=setup.abstract_state, step=step, data_iter=data_iter,

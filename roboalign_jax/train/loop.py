@@ -12,7 +12,8 @@ to `run` as a `Stage`:
 `run` resumes from the newest readable checkpoint in the workdir (train state and data position;
 an unreadable one is reported and skipped, see `checkpoint.restore_latest`), takes steps until
 `num_steps`, logs every `config.train.log_every` steps, runs each evaluator every `every` steps
-and after the last step, checkpoints on `config.checkpoint.every_steps` and at the end, stops
+and after the last step (and at step 0 before training, when declared `before_train` and the
+run starts from scratch), checkpoints on `config.checkpoint.every_steps` and at the end, stops
 cleanly with a checkpoint on SIGTERM/SIGINT, and exports at the end of an uninterrupted run (or
 exports the latest checkpoint and stops when `config.export.only`).
 """
@@ -131,6 +132,10 @@ def _train(config, mesh, stage: Stage, checkpointer: Checkpointer, writer: Metri
     step = resumed_from
     log.info("resumed from checkpoint at step %d", resumed_from)
     writer.write(resumed_from, {}, event="resumed")
+  if restored is None:  # EasyR1's val_before_train: the starting params' values, at step 0
+    for evaluator in stage.evaluators:
+      if evaluator.before_train:
+        writer.write(0, dict(evaluator(state, 0)))
   last: dict[str, Any] = {}
   preempted = False
   progress = tqdm(total=num_steps, initial=step, desc=stage.name, disable=jax.process_index() != 0,
