@@ -14,13 +14,10 @@ rerun resumes), `summary.md` / `summary.json`, `videos/`. Flags after `--` go to
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 from absl import app, flags
+
+import local_server  # launch/local_server.py, beside this script
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,49 +34,15 @@ flags.DEFINE_string("sim_python", os.path.join(REPO_ROOT, ".venv-libero", "bin",
 flags.DEFINE_float("server_start_timeout", 600.0, "Seconds to wait for the server's /healthz.")
 
 
-def free_port() -> int:
-  with socket.socket() as sock:
-    sock.bind(("127.0.0.1", 0))
-    return sock.getsockname()[1]
-
-
-def wait_healthy(url: str, server: subprocess.Popen, timeout: float) -> None:
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    if server.poll() is not None:
-      raise RuntimeError(f"the policy server exited with code {server.returncode} before answering {url}")
-    try:
-      with urllib.request.urlopen(url, timeout=2) as response:
-        if response.status == 200:
-          return
-    except OSError:
-      time.sleep(0.5)
-  raise TimeoutError(f"the policy server did not answer {url} within {timeout:.0f} s")
-
-
 def main(argv):
   if not os.path.isfile(FLAGS.sim_python):
     raise app.UsageError(f"--sim_python={FLAGS.sim_python} does not exist; create the simulator environment "
                          "with `make sim-libero`")
-  port = free_port()
-  server = subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, "launch", "serve.py"),
-                             f"--policy_dir={FLAGS.policy_dir}", f"--port={port}", f"--max_batch={FLAGS.max_batch}"])
-  try:
-    wait_healthy(f"http://127.0.0.1:{port}/healthz", server, FLAGS.server_start_timeout)
-    env = {**os.environ, "PYTHONPATH": REPO_ROOT, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
-           "PYOPENGL_PLATFORM": os.environ.get("PYOPENGL_PLATFORM", "egl")}
-    command = [FLAGS.sim_python, "-m", "roboalign_jax.eval.libero.evaluate", f"--port={port}",
-               f"--suite={FLAGS.suite}", f"--tasks={FLAGS.tasks}", f"--trials={FLAGS.trials}",
-               f"--workers={FLAGS.workers}", f"--out_dir={FLAGS.out_dir}", *argv[1:]]
-    result = subprocess.run(command, env=env, stdin=subprocess.DEVNULL)
-    if result.returncode:
-      raise SystemExit(f"the LIBERO harness failed with exit code {result.returncode}")
-  finally:
-    server.terminate()
-    try:
-      server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-      server.kill()
+  local_server.run_harness(
+      FLAGS.policy_dir, lambda port: [FLAGS.sim_python, "-m", "roboalign_jax.eval.libero.evaluate", f"--port={port}",
+                                      f"--suite={FLAGS.suite}", f"--tasks={FLAGS.tasks}", f"--trials={FLAGS.trials}",
+                                      f"--workers={FLAGS.workers}", f"--out_dir={FLAGS.out_dir}", *argv[1:]],
+      name="LIBERO", max_batch=FLAGS.max_batch, start_timeout=FLAGS.server_start_timeout)
 
 
 if __name__ == "__main__":

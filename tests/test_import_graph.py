@@ -98,8 +98,10 @@ def test_subpackages_form_no_cycle(graph):
 
 # Each simulator side runs in its own environment without JAX or the training package's
 # dependencies: LIBERO in .venv-libero (numpy, LIBERO, robosuite, MuJoCo, imageio, openpi-client, tqdm);
+# Meta-World in .venv-metaworld (numpy, metaworld, MuJoCo, imageio, openpi-client, tqdm);
 # CALVIN where the benchmark is installed (its calvin_env, hydra and omegaconf, openpi-client).
 SIM_SIDE = {"libero": {"numpy", "libero", "robosuite", "mujoco", "imageio", "openpi_client", "tqdm"},
+            "metaworld": {"numpy", "metaworld", "mujoco", "imageio", "openpi_client", "tqdm"},
             "calvin": {"numpy", "calvin_env", "hydra", "omegaconf", "openpi_client"}}
 # Importing roboalign_jax.eval.<simulator>.* executes these package __init__ files first.
 SIM_PARENTS = ("__init__.py", os.path.join("eval", "__init__.py"))

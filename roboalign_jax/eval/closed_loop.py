@@ -8,6 +8,7 @@ environment (LIBERO, Meta-World, CALVIN) next to the openpi client.
 from __future__ import annotations
 
 import collections
+import multiprocessing
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -97,3 +98,18 @@ def suite_table(rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
     cells = ["–" if r is None else f"{r:.1f}" for r in rates]
     lines.append(f"| {name} | " + " | ".join(cells) + f" | {np.mean(present):.1f} |")
   return "\n".join(lines)
+
+
+def run_jobs(jobs: Sequence[Any], log: Any, *, workers: int, initializer: Callable, initargs: tuple,
+             run_job: Callable[[Any], dict], progress: Callable[[dict, float], None]) -> None:
+  """Runs the trials `jobs` on `workers` spawned processes (each its own MuJoCo/EGL state: a
+  simulator is not fork-safe), appending each result to the resumable `log` as it arrives;
+  `progress(result, success rate of this run so far)` reports it."""
+  if not jobs:
+    return
+  done_before = len(log.records)
+  context = multiprocessing.get_context("spawn")
+  with context.Pool(min(workers, len(jobs)), initializer=initializer, initargs=initargs) as pool:
+    for result in pool.imap_unordered(run_job, jobs):
+      log.append(result)
+      progress(result, float(np.mean([r["success"] for r in log.records[done_before:]])))

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import sys
 import time
@@ -157,17 +156,15 @@ def evaluate(settings: dict, suites: list[str], tasks: str, trials: str, workers
   done_before = len(log.records)
   print(f"{len(jobs)} trials to run ({done_before} already in {log.path}), {workers} workers", flush=True)
   start = time.perf_counter()
-  if jobs:
-    context = multiprocessing.get_context("spawn")  # fresh MuJoCo/EGL state per worker
-    with context.Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=(settings,)) as pool, \
-        tqdm.tqdm(total=len(jobs), desc="LIBERO trials", unit="trial") as bar:
-      for result in pool.imap_unordered(_run_job, jobs):
-        log.append(result)
-        rate = np.mean([r["success"] for r in log.records[done_before:]])
-        bar.set_postfix(success=f"{100 * rate:.1f}%")
-        bar.update(1)
-        bar.write(f"{result['suite']} task {result['task_id']} trial {result['trial']}: "
-                  f"{'success' if result['success'] else 'failure'} in {result['steps']} steps ({result['seconds']:.0f} s)")
+  with tqdm.tqdm(total=len(jobs), desc="LIBERO trials", unit="trial") as bar:
+    def progress(result, rate):
+      bar.set_postfix(success=f"{100 * rate:.1f}%")
+      bar.update(1)
+      bar.write(f"{result['suite']} task {result['task_id']} trial {result['trial']}: "
+                f"{'success' if result['success'] else 'failure'} in {result['steps']} steps ({result['seconds']:.0f} s)")
+
+    closed_loop.run_jobs(jobs, log, workers=workers, initializer=_init_worker, initargs=(settings,), run_job=_run_job,
+                         progress=progress)
   summary = summarize(log.records, settings["out_dir"], settings.get("name", "policy"))
   summary["wall_seconds"] = round(time.perf_counter() - start, 1)
   return summary
