@@ -22,7 +22,7 @@ from roboalign_jax.eval import report  # noqa: E402
 from roboalign_jax.train import log_filters  # noqa: E402
 
 # Pipeline order; a stage may use what earlier ones put in the shared context.
-STAGES = ("debug", "sft", "grpo", "probe")
+STAGES = ("debug", "sft", "grpo", "vla", "probe")
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where the demo writes its runs and report.")
 _FRESH = flags.DEFINE_bool("fresh", True, "Delete earlier demo runs first, so the report is of this run.")

@@ -14,6 +14,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import flax.linen as nn
+import jax
+
 from roboalign_jax import data
 from roboalign_jax.config.overrides import load_config_file
 from roboalign_jax.data.conversations import write_conversation_fixture
@@ -46,6 +49,16 @@ def prepare(root: str, *, episodes: int = 24, heldout_episodes: int = 4) -> dict
   FASTTokenizer.fit(action_chunks(handles, config.data.action_horizon), vocab_size=FAST_VOCAB).save(fast_dir)
   return {"processor_dir": processor_dir, "fixtures": fixtures, "conversations": conversations, "fast_dir": fast_dir,
           "cache_dir": os.path.join(root, "cache")}
+
+
+def base_backbone(config) -> tuple[backbone_lib.Backbone, Any]:
+  """The SFT run's starting model: its checkpoint, or its random init rebuilt from the same
+  variant and seed (the "base" backbone of the probe and Stage 3 comparisons)."""
+  backbone = backbone_lib.load(config.model, processor_dir=config.data.processor_dir)
+  if backbone.params is not None:
+    return backbone, backbone.params
+  variables = backbone.model.init(jax.random.PRNGKey(config.seed), *backbone.dummy_inputs())
+  return backbone, nn.unbox(variables)["params"]
 
 
 def sft_config(paths: dict[str, Any], steps: int = 0):
