@@ -280,6 +280,7 @@ def test_demo_vla_stage_records_trains_serves_and_evaluates_in_closed_loop(sim_e
   assert metrics["vla.best"] == "base" and f"| base (best) | {100 * rate:.0f} |" in text
   policy = json.loads((workdir / "policy" / "policy.json").read_text())
   assert policy["layout"] == "metaworld" and policy["cameras"] == ["primary"]
+  assert sorted(os.listdir(workdir / "policy")) == ["backbone", "head", "policy.json", "processor"]  # self-contained
   # One GIF of the first trial, linked from the report.
   assert videos == [os.path.relpath(eval_dir / trials[0]["video"], workdir)] and videos[0].endswith(".gif")
   assert (workdir / videos[0]).stat().st_size > 0 and trials[1]["video"] is None

@@ -97,13 +97,12 @@ def train_head(backbone_dir: str, train_data: str, heldout_data: str, run_dir: s
                             f"eval_data={heldout_data},steps={HEAD_STEPS}")
   config.data.update(cameras=("primary",), augment=False, cache_dir=cache_dir, progress=False)
   config.vla.cache_features = True
+  config.export.copy_backbone = True  # the tiny backbone (3 MB) inside: runs/demo/policy serves on its own
   config.evals.heldout.update(every=HEAD_STEPS)
   summary = vla.train(config, run_dir)
   records = read_metrics(run_dir)
   mse = latest_per_step(records, "eval/action_mse")
-  loss = latest_per_step(records, "loss")
-  return {"policy_dir": summary["policy_dir"], "action_mse": mse[max(mse)], "final_loss": loss[max(loss)],
-          "initial_loss": loss[min(loss)]}
+  return {"policy_dir": summary["policy_dir"], "action_mse": mse[max(mse)]}
 
 
 def evaluate(policy_dir: str, out_dir: str, *, videos: bool) -> dict[str, Any]:
@@ -146,7 +145,7 @@ def run(context: dict[str, Any]):
   context.update(backbone_dirs=dirs, metaworld={"train": train_rec["dataset"], "heldout": heldout_rec["dataset"],
                                                 "tasks": TASKS,
                                                 "probe_instruction": train_rec["per_task"][PROBE_TASK]["instruction"]})
-  return metrics, ("Stage 3 in closed loop: Meta-World", _text(results, best, train_rec, stage_dir, workdir),
+  return metrics, ("Stage 3 in closed loop: Meta-World", _text(results, best, train_rec),
                    _videos(os.path.join(stage_dir, f"eval_{best}"), workdir))
 
 
@@ -162,7 +161,7 @@ def _videos(eval_dir: str, workdir: str) -> list[str]:
   return paths
 
 
-def _text(results, best, train_rec, stage_dir, workdir) -> str:
+def _text(results, best, train_rec) -> str:
   header = "| backbone | " + " | ".join(TASKS) + " | mean | held-out action MSE |"
   rows = [header, "|---" * (len(TASKS) + 3) + "|"]
   for name, (head, summary) in results.items():
