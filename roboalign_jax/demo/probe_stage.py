@@ -4,12 +4,12 @@ backbones.
 After the `vla` stage it probes the backbones Stage 3 used (context `backbone_dirs`) on the
 Meta-World expert demonstrations of one task (context `metaworld`: the dataset and the task's
 instruction; the probe holds out its last 3 trajectories), as the paper probes LIBERO
-demonstrations of one task. Without it, it uses
-`sft_config` (its random init, same variant and seed, is the base model), `sft_hf_dir`,
-`grpo_hf_dir` and the Bridge-layout fixture `fixtures["bridge"]`, whose episodes are scripted
-pick-and-place demonstrations of different scenes (one instruction template), read by the
-substring "put the". Run alone it probes a random tiny backbone on its own fixture. The
-demonstrations are short (20-100 steps), so the probe uses 8 phase classes instead of 32.
+demonstrations of one task. Without it, it uses `sft_config` (its random init, same variant and
+seed, is the base model), `sft_hf_dir`, `grpo_hf_dir` and the Bridge-layout fixture
+`fixtures["bridge"]`, whose episodes are scripted pick-and-place demonstrations of different
+scenes (one instruction template), read by the substring "put the". Run alone it probes a random
+tiny backbone on its own fixture. The demonstrations are short (20-100 steps), so the probe uses
+8 phase classes instead of 32.
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ import functools
 import os
 from typing import Any
 
-
 from roboalign_jax import data
-from roboalign_jax.eval import knn_probe
 from roboalign_jax.demo import sft_stage
+from roboalign_jax.eval import knn_probe
 from roboalign_jax.models import backbone as backbone_lib
 
 # 12 demonstrations, 3 held out, 6 test timesteps per class: 48 test points, ~300 prompts per model.
