@@ -12,6 +12,8 @@ import time
 import urllib.request
 from typing import Callable, Sequence
 
+import sim_recording  # launch/sim_recording.py, beside this script
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -45,9 +47,7 @@ def run_harness(policy_dir: str, harness: Callable[[int], Sequence[str]], *, nam
                              f"--policy_dir={policy_dir}", f"--port={port}", f"--max_batch={max_batch}"])
   try:
     wait_healthy(f"http://127.0.0.1:{port}/healthz", server, start_timeout)
-    env = {**os.environ, "PYTHONPATH": REPO_ROOT, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
-           "PYOPENGL_PLATFORM": os.environ.get("PYOPENGL_PLATFORM", "egl")}
-    result = subprocess.run(list(harness(port)), env=env, stdin=subprocess.DEVNULL)
+    result = subprocess.run(list(harness(port)), env=sim_recording.headless_env(), stdin=subprocess.DEVNULL)
     if result.returncode:
       raise SystemExit(f"the {name} harness failed with exit code {result.returncode}")
   finally:

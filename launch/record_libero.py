@@ -15,20 +15,18 @@ result. Failed expert episodes are counted and reported, never written.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 
-import numpy as np
 from absl import app, flags
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
+import sim_recording  # noqa: E402  launch/sim_recording.py, beside this script
 from roboalign_jax.data import convert  # noqa: E402
 from roboalign_jax.data.fixtures import camera_features, write_episodes  # noqa: E402
 
@@ -52,47 +50,19 @@ DESCRIPTION = ("LIBERO {suite} demonstrations by roboalign_jax's SCRIPTED privil
 
 def load_npz_episode(path: str) -> dict:
   """One .npz written by roboalign_jax.eval.libero.record -> the episode dict of the libero layout."""
-  with np.load(path, allow_pickle=False) as f:
-    data = {k: f[k] for k in f.files}
-  expected = {"image": 4, "wrist_image": 4, "state": 2, "joint_state": 2, "action": 2, "instruction": 0}
-  for key, ndim in expected.items():
-    if key not in data or data[key].ndim != ndim:
-      raise ValueError(f"{path}: {key} is {'missing' if key not in data else f'of shape {data[key].shape}'}; "
-                       f"expected a {ndim}-d array (see roboalign_jax/eval/libero/record.py)")
-  n = len(data["action"])
-  widths = {"state": 8, "joint_state": 7, "action": 7}
-  for key in ("image", "wrist_image", "state", "joint_state"):
-    if len(data[key]) != n:
-      raise ValueError(f"{path}: {key} has {len(data[key])} steps; expected {n}, as many as actions")
-  for key, width in widths.items():
-    if data[key].shape[1] != width:
-      raise ValueError(f"{path}: {key} has shape {data[key].shape}; expected [T, {width}]")
-  instruction = str(data["instruction"])
-  steps = []
-  for t in range(n):
-    steps.append({
-        "observation": {"image": data["image"][t], "wrist_image": data["wrist_image"][t],
-                        "state": data["state"][t].astype(np.float32),
-                        "joint_state": data["joint_state"][t].astype(np.float32)},
-        "action": data["action"][t].astype(np.float32), "discount": np.float32(1.0),
-        "reward": np.float32(t == n - 1), "is_first": t == 0, "is_last": t == n - 1, "is_terminal": t == n - 1,
-        "language_instruction": instruction})
-  return {"steps": steps, "episode_metadata": {"file_path": os.path.basename(path)}}
+  return sim_recording.npz_episode(path, widths={"state": 8, "joint_state": 7, "action": 7},
+                                   recorder="roboalign_jax/eval/libero/record.py")
 
 
 def run_simulator(sim_python: str, episodes_dir: str) -> None:
-  if not os.path.isfile(sim_python):
-    raise app.UsageError(f"--sim_python={sim_python} does not exist; expected the simulator environment's "
-                         "python: run `make sim-libero` first")
-  command = [sim_python, "-m", "roboalign_jax.eval.libero.record", f"--suite={FLAGS.suite}",
-             f"--tasks={FLAGS.tasks}", f"--init_states={FLAGS.init_states}", f"--out_dir={episodes_dir}",
-             f"--resolution={FLAGS.resolution}"] + (["--default_render"] if FLAGS.default_render else [])
-  env = {**os.environ, "PYTHONPATH": REPO_ROOT, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
-         "PYOPENGL_PLATFORM": os.environ.get("PYOPENGL_PLATFORM", "egl")}
-  print("[record_libero] " + " ".join(command), flush=True)
-  result = subprocess.run(command, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL)
-  if result.returncode:
-    raise RuntimeError(f"the simulator process exited with {result.returncode}: {' '.join(command)}")
+  args = [f"--suite={FLAGS.suite}", f"--tasks={FLAGS.tasks}", f"--init_states={FLAGS.init_states}",
+          f"--out_dir={episodes_dir}", f"--resolution={FLAGS.resolution}"] + (
+              ["--default_render"] if FLAGS.default_render else [])
+  try:
+    sim_recording.run_in_simulator(sim_python, "roboalign_jax.eval.libero.record", args, make_target="sim-libero",
+                                   tag="record_libero")
+  except FileNotFoundError as error:
+    raise app.UsageError(str(error)) from None
 
 
 def main(argv):
@@ -105,16 +75,10 @@ def main(argv):
       raise app.UsageError(f"{version_dir} exists; pass --overwrite to replace it")
     shutil.rmtree(version_dir)
   episodes_dir = FLAGS.episodes_dir or os.path.join(out_dir, f"{FLAGS.suite}_episodes")
-  if os.path.isdir(episodes_dir):  # a fresh recording: stale files would be written too
-    for path in glob.glob(os.path.join(episodes_dir, "*.npz")) + glob.glob(os.path.join(episodes_dir, "episodes.jsonl")):
-      os.remove(path)
-  os.makedirs(episodes_dir, exist_ok=True)
+  sim_recording.fresh_episodes_dir(episodes_dir)
   start = time.perf_counter()
   run_simulator(FLAGS.sim_python, episodes_dir)
-  with open(os.path.join(episodes_dir, "episodes.jsonl")) as f:
-    summaries = [json.loads(line) for line in f if line.strip()]
-  files = [os.path.join(episodes_dir, s["file"]) for s in summaries if s["success"]]
-  failed = [s for s in summaries if not s["success"]]
+  summaries, files, failed = sim_recording.read_episode_log(episodes_dir)
   print(f"[record_libero] expert: {len(files)} successful, {len(failed)} failed of {len(summaries)} episodes "
         f"({time.perf_counter() - start:.0f}s)", flush=True)
   for s in failed:

@@ -18,11 +18,9 @@ mean_steps}}, resolution, seconds.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 
@@ -32,6 +30,7 @@ from absl import app, flags
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
+import sim_recording  # noqa: E402  launch/sim_recording.py, beside this script
 from roboalign_jax.data import convert  # noqa: E402
 from roboalign_jax.data.fixtures import camera_features, write_episodes  # noqa: E402
 from roboalign_jax.data.specs.metaworld import DATASET_NAME, ENV_STATE_DIM, IMAGE_SHAPE, RAW_ACTION_DIM, STATE_DIM  # noqa: E402
@@ -55,49 +54,20 @@ REPORT = "metaworld_recording.json"
 
 def load_npz_episode(path: str) -> dict:
   """One .npz written by roboalign_jax.eval.metaworld.record -> the episode dict of the layout."""
-  with np.load(path, allow_pickle=False) as f:
-    data = {k: f[k] for k in f.files}
-  expected = {"image": 4, "wrist_image": 4, "state": 2, "env_state": 2, "action": 2, "instruction": 0, "task": 0,
-              "seed": 0}
-  for key, ndim in expected.items():
-    if key not in data or data[key].ndim != ndim:
-      raise ValueError(f"{path}: {key} is {'missing' if key not in data else f'of shape {data[key].shape}'}; "
-                       f"expected a {ndim}-d array (see roboalign_jax/eval/metaworld/record.py)")
-  n = len(data["action"])
-  widths = {"state": STATE_DIM, "env_state": ENV_STATE_DIM, "action": RAW_ACTION_DIM}
-  for key in ("image", "wrist_image", "state", "env_state"):
-    if len(data[key]) != n:
-      raise ValueError(f"{path}: {key} has {len(data[key])} steps; expected {n}, as many as actions")
-  for key, width in widths.items():
-    if data[key].shape[1] != width:
-      raise ValueError(f"{path}: {key} has shape {data[key].shape}; expected [T, {width}]")
-  instruction = str(data["instruction"])
-  steps = []
-  for t in range(n):
-    steps.append({
-        "observation": {"image": data["image"][t], "wrist_image": data["wrist_image"][t],
-                        "state": data["state"][t].astype(np.float32),
-                        "env_state": data["env_state"][t].astype(np.float32)},
-        "action": data["action"][t].astype(np.float32), "discount": np.float32(1.0),
-        "reward": np.float32(t == n - 1), "is_first": t == 0, "is_last": t == n - 1, "is_terminal": t == n - 1,
-        "language_instruction": instruction})
-  return {"steps": steps, "episode_metadata": {"file_path": os.path.basename(path), "task": str(data["task"]),
-                                               "seed": np.int32(data["seed"])}}
+  return sim_recording.npz_episode(
+      path, widths={"state": STATE_DIM, "env_state": ENV_STATE_DIM, "action": RAW_ACTION_DIM},
+      recorder="roboalign_jax/eval/metaworld/record.py", metadata_keys=("task", "seed"),
+      metadata=lambda data: {"task": str(data["task"]), "seed": np.int32(data["seed"])})
 
 
 def run_simulator(sim_python: str, episodes_dir: str) -> None:
-  if not os.path.isfile(sim_python):
-    raise app.UsageError(f"--sim_python={sim_python} does not exist; expected the simulator environment's "
-                         "python: run `make sim-metaworld` first")
-  command = [sim_python, "-m", "roboalign_jax.eval.metaworld.record", f"--tasks={FLAGS.tasks}",
-             f"--trials={FLAGS.trials}", f"--out_dir={episodes_dir}", f"--resolution={FLAGS.resolution}"]
-  command += ["--default_render"] if FLAGS.default_render else []
-  env = {**os.environ, "PYTHONPATH": REPO_ROOT, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
-         "PYOPENGL_PLATFORM": os.environ.get("PYOPENGL_PLATFORM", "egl")}
-  print("[record_metaworld] " + " ".join(command), flush=True)
-  result = subprocess.run(command, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL)
-  if result.returncode:
-    raise RuntimeError(f"the simulator process exited with {result.returncode}: {' '.join(command)}")
+  args = [f"--tasks={FLAGS.tasks}", f"--trials={FLAGS.trials}", f"--out_dir={episodes_dir}",
+          f"--resolution={FLAGS.resolution}"] + (["--default_render"] if FLAGS.default_render else [])
+  try:
+    sim_recording.run_in_simulator(sim_python, "roboalign_jax.eval.metaworld.record", args,
+                                   make_target="sim-metaworld", tag="record_metaworld")
+  except FileNotFoundError as error:
+    raise app.UsageError(str(error)) from None
 
 
 def report(summaries: list[dict], path: str, validation: dict, seconds: float) -> dict:
@@ -130,16 +100,10 @@ def main(argv):
       raise app.UsageError(f"{version_dir} exists; pass --overwrite to replace it")
     shutil.rmtree(version_dir)
   episodes_dir = FLAGS.episodes_dir or os.path.join(out_dir, "metaworld_episodes")
-  if os.path.isdir(episodes_dir):  # a fresh recording: stale files would be written too
-    for path in glob.glob(os.path.join(episodes_dir, "*.npz")) + glob.glob(os.path.join(episodes_dir, "episodes.jsonl")):
-      os.remove(path)
-  os.makedirs(episodes_dir, exist_ok=True)
+  sim_recording.fresh_episodes_dir(episodes_dir)
   start = time.perf_counter()
   run_simulator(FLAGS.sim_python, episodes_dir)
-  with open(os.path.join(episodes_dir, "episodes.jsonl")) as f:
-    summaries = [json.loads(line) for line in f if line.strip()]
-  files = [os.path.join(episodes_dir, s["file"]) for s in summaries if s["success"]]
-  failed = [s for s in summaries if not s["success"]]
+  summaries, files, failed = sim_recording.read_episode_log(episodes_dir)
   print(f"[record_metaworld] expert: {len(files)} successful, {len(failed)} failed of {len(summaries)} episodes "
         f"({time.perf_counter() - start:.0f}s)", flush=True)
   for s in failed:
