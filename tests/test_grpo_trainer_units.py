@@ -166,7 +166,7 @@ def test_rollouts_never_sample_vision_placeholders():
   from roboalign_jax.rl import rollout
   config = qwen2_5_vl.Qwen2_5_VLConfig.from_variant("tiny")
   model, params = qwen2_5_vl.Qwen2_5_VL(config), tiny.random_params(config)
-  banned = qwen_backbone.vision_token_ids(config)
+  banned = qwen_backbone.FAMILY.vision_token_ids(config)
   # A head that prefers the placeholders: without suppression greedy decoding picks one.
   head = params["lm_head"]["kernel"]
   params["lm_head"]["kernel"] = head.at[:, list(banned)].set(head[:, list(banned)] + 5.0 * jnp.sign(head.mean(1))[:, None])

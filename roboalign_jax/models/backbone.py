@@ -9,8 +9,8 @@ families keyed by `config.model.family`.
     backbone.export(params, out_dir)                      # an HF directory that `load` reads back
 
 Trainers, data, evaluation and serving reach a model only through this module, so adding a
-family (Qwen3-VL) means one entry in FAMILIES and a `backbone.py` beside its model. A family
-module provides a `FAMILY` record (see `BackboneFamily`). Entries are import paths: a family's
+family means one entry in FAMILIES and a `backbone.py` beside its model (as `qwen3_vl/` did). A
+family module provides a `FAMILY` record (see `BackboneFamily`). Entries are import paths: a family's
 code (and its heavy dependencies) load only when that family is named.
 
 Model calls every family's Flax module offers (see `models/qwen2_5_vl/model.py`):

@@ -55,24 +55,26 @@ class ImageProcessor:
   rescale_factor: float = 1 / 255
 
   @classmethod
-  def from_pretrained(cls, hf_dir: str) -> "ImageProcessor":
-    """Reads `preprocessor_config.json` (min/max pixels from `size` or the legacy keys)."""
+  def from_pretrained(cls, hf_dir: str, default: "ImageProcessor | None" = None) -> "ImageProcessor":
+    """Reads `preprocessor_config.json` (min/max pixels from `size` or the legacy keys); what it
+    does not set comes from `default` (the family's released settings; Qwen2.5-VL's if None)."""
+    default = default or cls()
     path = os.path.join(hf_dir, "preprocessor_config.json")
     if not os.path.isfile(path):
-      return cls()
+      return default
     with open(path) as f:
       d = json.load(f)
     size = d.get("size") or {}
     kw = dict(
-        min_pixels=size.get("shortest_edge", d.get("min_pixels", cls.min_pixels)),
-        max_pixels=size.get("longest_edge", d.get("max_pixels", cls.max_pixels)))
+        min_pixels=size.get("shortest_edge", d.get("min_pixels", default.min_pixels)),
+        max_pixels=size.get("longest_edge", d.get("max_pixels", default.max_pixels)))
     for k in ("patch_size", "temporal_patch_size", "merge_size", "rescale_factor"):
       if k in d:
         kw[k] = d[k]
     for k in ("image_mean", "image_std"):
       if k in d:
         kw[k] = tuple(d[k])
-    return cls(**kw)
+    return dataclasses.replace(default, **kw)
 
   @property
   def factor(self) -> int:

@@ -39,19 +39,23 @@ def _images_in(messages: Sequence[dict]) -> list[Any]:
 
 class Processor:
   image_placeholder = IMAGE_PAD  # one per image in rendered text; expanded to the image's tokens
+  # Image settings when the checkpoint directory has no preprocessor_config.json (a family's
+  # subclass names its own released settings).
+  default_image_processor = ImageProcessor()
 
   def __init__(self, tokenizer, image_processor: ImageProcessor | None = None):
     self.tokenizer = tokenizer
-    self.image_processor = image_processor or ImageProcessor()
+    self.image_processor = image_processor or self.default_image_processor
     self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
     if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
-      raise ValueError(f"tokenizer has no {IMAGE_PAD} token; expected a Qwen2.5-VL tokenizer")
+      raise ValueError(f"tokenizer has no {IMAGE_PAD} token; expected a Qwen-VL tokenizer")
     self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
   @classmethod
   def from_pretrained(cls, hf_dir: str) -> "Processor":
     from transformers import AutoTokenizer  # lazy: heavy, and imports torch when installed
-    return cls(AutoTokenizer.from_pretrained(hf_dir), ImageProcessor.from_pretrained(hf_dir))
+    return cls(AutoTokenizer.from_pretrained(hf_dir),
+               ImageProcessor.from_pretrained(hf_dir, default=cls.default_image_processor))
 
   def render(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
     """The chat template's text, one `<|image_pad|>` per image."""

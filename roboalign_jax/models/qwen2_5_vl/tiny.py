@@ -93,8 +93,9 @@ def _corpus() -> list[str]:
   return lines
 
 
-def write_tokenizer(out_dir: str, vocab_size: int = TINY_VOCAB_SIZE) -> None:
-  """Trains a byte-level BPE with Qwen's pre-tokenizer and writes it as a Qwen2 tokenizer."""
+def write_tokenizer(out_dir: str, vocab_size: int = TINY_VOCAB_SIZE, chat_template: str = CHAT_TEMPLATE) -> None:
+  """Trains a byte-level BPE with Qwen's pre-tokenizer and writes it as a Qwen2 tokenizer with
+  `chat_template` (Qwen2.5-VL's format by default; Qwen3-VL's tiny passes its own)."""
   # Lazy: transformers is heavy (and imports torch when installed); only writing a tiny tokenizer needs it.
   from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
   from transformers import AddedToken, Qwen2Tokenizer
@@ -117,10 +118,10 @@ def write_tokenizer(out_dir: str, vocab_size: int = TINY_VOCAB_SIZE) -> None:
   for i, t in enumerate(SPECIAL_TOKENS):
     if tok.convert_tokens_to_ids(t) != i:
       raise RuntimeError(f"tiny tokenizer: {t} got id {tok.convert_tokens_to_ids(t)}, expected {i}")
-  tok.chat_template = CHAT_TEMPLATE
+  tok.chat_template = chat_template
   tok.save_pretrained(out_dir)
   with open(os.path.join(out_dir, "chat_template.jinja"), "w") as f:
-    f.write(CHAT_TEMPLATE)
+    f.write(chat_template)
 
 
 def write_image_processor_config(out_dir: str, max_pixels: int | None = None) -> None:
