@@ -13,10 +13,10 @@ import pytest
 
 import launch_helpers
 import scenarios
+import tiny_policies
 import tiny_qwen
 from configs_loader import load_config
 from roboalign_jax import data, policies
-from roboalign_jax.data import image_transforms
 from roboalign_jax.data.pipeline import make_dataset
 from roboalign_jax.parallel import mesh as mesh_lib
 from roboalign_jax.parallel import sharding as sharding_lib
@@ -81,17 +81,6 @@ def test_feature_cache_equals_online_features_and_steps(world):
   assert os.path.getmtime(os.path.join(cache.directory, "0.array_record")) == stamp
 
 
-def _request(handle, t: int = 3):
-  """A LIBERO serving request from a held-out step, as a client sends it (dataset orientation)."""
-  source = handle.source
-  episode = source.episode(int(handle.index.episodes[0]))
-  request = {"observation/state": episode.states[t], "prompt": episode.instruction}
-  for camera, (path, shape) in source.spec.cameras.items():
-    request[path] = np.asarray(image_transforms.decode(episode.images[camera][t], shape, dataset="x", episode=0,
-                                                       step=t, path=path))
-  return request
-
-
 @pytest.mark.slow
 def test_tiny_vla_beats_the_mean_action_baseline_and_serves(world, tmp_path):
   # Through launch/train.py on one CPU device, as a user runs it (8 emulated devices would split
@@ -119,7 +108,7 @@ def test_tiny_vla_beats_the_mean_action_baseline_and_serves(world, tmp_path):
   # deterministic given the seed, and the head reads back (GR00T layout) as trained.
   policy_dir = summary["policy_dir"]
   assert sorted(os.listdir(policy_dir)) == ["head", "policy.json", "processor"]
-  request = _request(data.open_datasets(config(world, 1).data)[0])
+  request = tiny_policies.libero_request(data.open_datasets(config(world, 1).data)[0])
   policy = policies.load(policy_dir)
   out = policy.infer(request)
   assert out["actions"].shape == (16, 7) and out["actions"].dtype == np.float32

@@ -1,9 +1,11 @@
 """Servable policy directories of the tiny random backbone (tests/tiny_qwen.py), for the serving
-tests and benchmark: a FAST-token policy and a Stage 3 VLA policy with an untrained head."""
+tests and benchmark: a FAST-token policy and a Stage 3 VLA policy with an untrained head; and a
+LIBERO request to send them."""
 
 import jax
+import numpy as np
 
-from roboalign_jax.data import pipeline
+from roboalign_jax.data import image_transforms, pipeline
 from roboalign_jax.fast import FASTTokenizer
 from roboalign_jax.models import action_head
 from roboalign_jax.models import backbone as backbone_lib
@@ -36,3 +38,15 @@ def vla_policy_dir(policy_dir: str, handle, horizon: int, seed: int = 0) -> str:
                          statistics=handle.statistics, cameras=("primary", "wrist"), image_size=IMAGE_SIZE,
                          state_width=64, feature_layer=2, embodiment_id=31, max_seq_len=192, mask_padding=True,
                          seed=seed)
+
+
+def libero_request(handle, t: int = 3) -> dict:
+  """A LIBERO serving request from step t of the handle's first episode, as a client sends it
+  (dataset orientation)."""
+  source = handle.source
+  episode = source.episode(int(handle.index.episodes[0]))
+  request = {"observation/state": episode.states[t], "prompt": episode.instruction}
+  for camera, (path, shape) in source.spec.cameras.items():
+    request[path] = np.asarray(image_transforms.decode(episode.images[camera][t], shape, dataset="x", episode=0,
+                                                       step=t, path=path))
+  return request

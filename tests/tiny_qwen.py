@@ -1,4 +1,4 @@
-"""The tiny Qwen2.5-VL every test shares, written once per test process through the backbone
+"""The tiny Qwen2.5-VL (and Qwen3-VL) every test shares, written once per test process through the backbone
 registry: a processor directory (tokenizer + image processor) and a random checkpoint directory.
 Treat both as read-only."""
 
@@ -23,3 +23,20 @@ def checkpoint_dir(max_pixels: int = 112 * 112, seed: int = 0) -> str:
   """A complete random checkpoint (weights, config, tokenizer, image processor)."""
   return backbone_lib.family("qwen2_5_vl").write_tiny(tempfile.mkdtemp(prefix="tiny_qwen_"), seed=seed,
                                                       max_pixels=max_pixels)
+
+
+@functools.lru_cache(maxsize=None)
+def qwen3_processor_dir(max_pixels: int = 64 * 32 * 32) -> str:
+  """The same tokenizer with Qwen3-VL's chat format + Qwen3-VL's image processor settings."""
+  from roboalign_jax.models.qwen3_vl import tiny as qwen3_tiny
+  out = tempfile.mkdtemp(prefix="tiny_qwen3_processor_")
+  qwen3_tiny.write_tokenizer(out)
+  qwen3_tiny.write_image_processor_config(out, max_pixels=max_pixels)
+  return out
+
+
+@functools.lru_cache(maxsize=None)
+def qwen3_checkpoint_dir(max_pixels: int = 64 * 32 * 32, seed: int = 0) -> str:
+  """A complete random tiny Qwen3-VL checkpoint (weights, config, tokenizer, image processor)."""
+  return backbone_lib.family("qwen3_vl").write_tiny(tempfile.mkdtemp(prefix="tiny_qwen3_"), seed=seed,
+                                                    max_pixels=max_pixels)

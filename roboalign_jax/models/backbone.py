@@ -36,6 +36,7 @@ from roboalign_jax.fast.vocab import ActionVocab
 # config.model.family -> "module:attribute" of its BackboneFamily.
 FAMILIES: dict[str, str] = {
     "qwen2_5_vl": "roboalign_jax.models.qwen2_5_vl.backbone:FAMILY",
+    "qwen3_vl": "roboalign_jax.models.qwen3_vl.backbone:FAMILY",
 }
 
 

@@ -167,47 +167,54 @@ class Qwen2_5_VL(nn.Module):
   def _check_inputs(self, input_ids, attention_mask, pixel_values, image_grid_thw, num_layers,
                     frame_patches=None):
     """Shape checks always; value checks (token counts vs grids) when inputs are concrete."""
-    c = self.config
-    input_ids = jnp.asarray(input_ids)
-    if input_ids.ndim != 2 or not jnp.issubdtype(input_ids.dtype, jnp.integer):
-      raise ValueError(f"input_ids: expected int [batch, length], got {input_ids.dtype} {input_ids.shape}")
-    if attention_mask is None:
-      attention_mask = jnp.ones(input_ids.shape, jnp.int32)
-    attention_mask = jnp.asarray(attention_mask).astype(jnp.int32)
-    if attention_mask.shape != input_ids.shape:
-      raise ValueError(f"attention_mask: expected shape {input_ids.shape} like input_ids, got {attention_mask.shape}")
-    if num_layers is not None and not 0 <= num_layers <= c.text.num_hidden_layers:
-      raise ValueError(f"num_layers: expected 0..{c.text.num_hidden_layers}, got {num_layers}")
-    if (pixel_values is None) != (image_grid_thw is None):
-      raise ValueError("pixel_values and image_grid_thw must be given together "
-                       f"(got pixel_values={'set' if pixel_values is not None else None}, "
-                       f"image_grid_thw={'set' if image_grid_thw is not None else None})")
-    if _concrete(input_ids) and _concrete(attention_mask):
-      if np.any(np.asarray(attention_mask) & (np.asarray(input_ids) == c.image_token_id)) and pixel_values is None:
-        raise ValueError(f"input_ids contain image tokens (id {c.image_token_id}) but no pixel_values were given")
-    if pixel_values is None:
-      return input_ids, attention_mask
-    v = c.vision
-    if pixel_values.ndim != 2 or pixel_values.shape[1] != v.patch_dim:
-      raise ValueError(f"pixel_values: expected float [num_patches, {v.patch_dim}] "
-                       f"(C*T*P*P), got shape {pixel_values.shape}")
-    if image_grid_thw.ndim != 2 or image_grid_thw.shape[1] != 3:
-      raise ValueError(f"image_grid_thw: expected int [num_images, 3], got shape {image_grid_thw.shape}")
-    if _concrete(image_grid_thw):
-      grid = np.asarray(image_grid_thw)
-      m = v.spatial_merge_size
-      if np.any(grid <= 0) or np.any(grid[:, 1:] % m):
-        raise ValueError(f"image_grid_thw: rows must be positive with h, w multiples of {m}; got {grid.tolist()}")
-      patches = int(np.prod(grid, axis=1).sum())
-      if frame_patches and np.any(grid[:, 1] * grid[:, 2] != frame_patches):
-        raise ValueError(f"frame_patches={frame_patches} promises h*w = {frame_patches} for every image, but "
-                         f"image_grid_thw is {grid.tolist()}")
-      if patches != pixel_values.shape[0]:
-        raise ValueError(f"pixel_values has {pixel_values.shape[0]} patches but image_grid_thw "
-                         f"{grid.tolist()} describes {patches}")
-      if _concrete(input_ids):
-        n_tok = int((np.asarray(input_ids) == c.image_token_id).sum())
-        if n_tok != patches // (m * m):
-          raise ValueError(f"input_ids hold {n_tok} image tokens (id {c.image_token_id}) but image_grid_thw "
-                           f"{grid.tolist()} needs {patches // (m * m)} (t*h*w/{m * m} per image)")
+    return check_inputs(self.config, input_ids, attention_mask, pixel_values, image_grid_thw, num_layers,
+                        frame_patches)
+
+
+def check_inputs(c, input_ids, attention_mask, pixel_values, image_grid_thw, num_layers, frame_patches=None):
+  """The input checks of the Qwen-VL models' forward / prefill (shared with `qwen3_vl.model`); `c` is
+  the model config. Shape checks always; value checks (token counts vs grids) when inputs are
+  concrete. Returns (input_ids, attention_mask int32), the mask defaulting to all ones."""
+  input_ids = jnp.asarray(input_ids)
+  if input_ids.ndim != 2 or not jnp.issubdtype(input_ids.dtype, jnp.integer):
+    raise ValueError(f"input_ids: expected int [batch, length], got {input_ids.dtype} {input_ids.shape}")
+  if attention_mask is None:
+    attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+  attention_mask = jnp.asarray(attention_mask).astype(jnp.int32)
+  if attention_mask.shape != input_ids.shape:
+    raise ValueError(f"attention_mask: expected shape {input_ids.shape} like input_ids, got {attention_mask.shape}")
+  if num_layers is not None and not 0 <= num_layers <= c.text.num_hidden_layers:
+    raise ValueError(f"num_layers: expected 0..{c.text.num_hidden_layers}, got {num_layers}")
+  if (pixel_values is None) != (image_grid_thw is None):
+    raise ValueError("pixel_values and image_grid_thw must be given together "
+                     f"(got pixel_values={'set' if pixel_values is not None else None}, "
+                     f"image_grid_thw={'set' if image_grid_thw is not None else None})")
+  if _concrete(input_ids) and _concrete(attention_mask):
+    if np.any(np.asarray(attention_mask) & (np.asarray(input_ids) == c.image_token_id)) and pixel_values is None:
+      raise ValueError(f"input_ids contain image tokens (id {c.image_token_id}) but no pixel_values were given")
+  if pixel_values is None:
     return input_ids, attention_mask
+  v = c.vision
+  if pixel_values.ndim != 2 or pixel_values.shape[1] != v.patch_dim:
+    raise ValueError(f"pixel_values: expected float [num_patches, {v.patch_dim}] "
+                     f"(C*T*P*P), got shape {pixel_values.shape}")
+  if image_grid_thw.ndim != 2 or image_grid_thw.shape[1] != 3:
+    raise ValueError(f"image_grid_thw: expected int [num_images, 3], got shape {image_grid_thw.shape}")
+  if _concrete(image_grid_thw):
+    grid = np.asarray(image_grid_thw)
+    m = v.spatial_merge_size
+    if np.any(grid <= 0) or np.any(grid[:, 1:] % m):
+      raise ValueError(f"image_grid_thw: rows must be positive with h, w multiples of {m}; got {grid.tolist()}")
+    patches = int(np.prod(grid, axis=1).sum())
+    if frame_patches and np.any(grid[:, 1] * grid[:, 2] != frame_patches):
+      raise ValueError(f"frame_patches={frame_patches} promises h*w = {frame_patches} for every image, but "
+                       f"image_grid_thw is {grid.tolist()}")
+    if patches != pixel_values.shape[0]:
+      raise ValueError(f"pixel_values has {pixel_values.shape[0]} patches but image_grid_thw "
+                       f"{grid.tolist()} describes {patches}")
+    if _concrete(input_ids):
+      n_tok = int((np.asarray(input_ids) == c.image_token_id).sum())
+      if n_tok != patches // (m * m):
+        raise ValueError(f"input_ids hold {n_tok} image tokens (id {c.image_token_id}) but image_grid_thw "
+                         f"{grid.tolist()} needs {patches // (m * m)} (t*h*w/{m * m} per image)")
+  return input_ids, attention_mask
