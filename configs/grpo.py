@@ -9,9 +9,9 @@ starting from the Stage 1 model (an HF directory with the action tokens).
 Variants: `7b` (the paper's EasyR1 defaults: 512 prompts x 5 samples per rollout batch, updates of
 128 samples -> 20 optimiser steps per rollout batch, constant lr 1e-6, AdamW wd 1e-2, clip 1.0,
 one epoch over a 12.8K-prompt set = 25 rollout batches), `3b` (the same recipe for the 3B
-backbone), `tiny` (the tiny backbone on fixture data, minutes on a 2-core CPU; a larger lr,
+backbone); with `family=qwen3_vl`: `8b` (Qwen3-VL-8B, the 7b recipe), `4b`, `2b`; `tiny` (the tiny backbone on fixture data, minutes on a 2-core CPU; a larger lr,
 since a few dozen updates at 1e-6 would not move it).
-Arguments: init (HF directory to start from), fast (FAST tokenizer dir), data (TFDS version
+Arguments: family (qwen2_5_vl | qwen3_vl), init (HF directory to start from), fast (FAST tokenizer dir), data (TFDS version
 directory of a Bridge-layout dataset), spec (its layout, default bridge), steps (rollout
 batches; default: one epoch over grpo.num_prompts), eval_data / eval_split (held-out prompts for
 validation: a TFDS directory and its split, e.g. `eval_data=/data/bridge/1.0.0,eval_split=val` for
@@ -36,12 +36,12 @@ from roboalign_jax.data.samples import GRPO_SYSTEM_PROMPT
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = config_args.parse(arg, variants=("tiny", "3b", "7b"), init="", fast="", data="", spec="bridge", steps=0,
-                           eval_data="", eval_split="train")
+  args = config_args.parse(arg, variants=("tiny", "3b", "7b", "2b", "4b", "8b"), family="qwen2_5_vl", init="",
+                           fast="", data="", spec="bridge", steps=0, eval_data="", eval_split="train")
   config = base_config("grpo")
   config.variant = args.variant
   config.model = ml_collections.ConfigDict(dict(
-      family="qwen2_5_vl",    # backbone family (models/backbone.py registry)
+      family=config_args.check_family(args.family, args.variant),  # models/backbone.py registry
       init_dir=args.init,     # HF directory of the Stage 1 model (tokenizer + image processor inside)
       param_dtype="float32",
       compute_dtype="",       # "" = param_dtype; "bfloat16" on accelerators
@@ -79,9 +79,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.log_every = 1
   config.checkpoint.every_steps = 5
 
-  if args.variant == "3b":
+  if args.variant in ("2b", "3b", "4b"):
     config.model.compute_dtype = "bfloat16"
-  elif args.variant == "7b":
+  elif args.variant in ("7b", "8b"):
     config.model.compute_dtype = "bfloat16"
     config.model.remat = True
   else:  # tiny

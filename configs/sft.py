@@ -12,8 +12,9 @@ Variants: `7b` (the paper's settings: AdamW, peak lr 2e-5, cosine with warmup ra
 clip 1.0, one epoch over the mixture, vision tower frozen, LLM + merger trained, bf16 compute,
 remat), `3b` (same recipe for the 3B backbone), `tiny` (the tiny backbone, random init, on fixture
 data; a couple of minutes on a 2-core CPU; larger lr since a few hundred steps at 2e-5 would not
-move a random model).
-Arguments: init (HF directory to start from; "" = random init of `model.variant`), processor
+move a random model); with `family=qwen3_vl`: `8b` (the paper's Table 5 backbone, Qwen3-VL-8B,
+the 7b recipe), `4b`, `2b`, `tiny`.
+Arguments: family (qwen2_5_vl | qwen3_vl), init (HF directory to start from; "" = random init of `model.variant`), processor
 (directory with tokenizer + image processor; default: init), fast (FAST tokenizer dir), data
 (TFDS directory of the Bridge-layout FAST data), spec (its layout), vqa / embodied / reasoning
 (LLaVA-format JSONL files), eval_data (held-out robot data; default: none -> no generation eval),
@@ -30,15 +31,15 @@ MIXTURES = ("full", "language_only", "action_only")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = config_args.parse(arg, variants=("tiny", "3b", "7b"), init="", processor="", fast="", data="",
-                           spec="bridge", vqa="", embodied="", reasoning="", eval_data="", mixture="full",
-                           steps=0)
+  args = config_args.parse(arg, variants=("tiny", "3b", "7b", "2b", "4b", "8b"), family="qwen2_5_vl", init="",
+                           processor="", fast="", data="", spec="bridge", vqa="", embodied="", reasoning="",
+                           eval_data="", mixture="full", steps=0)
   if args.mixture not in MIXTURES:
     raise config_args.ConfigArgError(f"unknown mixture {args.mixture!r}; allowed: {list(MIXTURES)}")
   config = base_config("sft")
   config.variant = args.variant
   config.model = ml_collections.ConfigDict(dict(
-      family="qwen2_5_vl",       # backbone family (models/backbone.py registry)
+      family=config_args.check_family(args.family, args.variant),  # models/backbone.py registry
       init_dir=args.init,        # HF checkpoint dir; "" = random init of `variant` (tiny)
       variant=args.variant,      # shapes for random init
       param_dtype="float32",
@@ -85,13 +86,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.log_every = 10
   config.checkpoint.every_steps = 1000
 
-  if args.variant == "7b":
+  if args.variant != "tiny":  # the released sizes: 3b / 7b (Qwen2.5-VL), 2b / 4b / 8b (Qwen3-VL)
     config.model.update(compute_dtype="bfloat16", remat=True)
     config.data.max_seq_len = 1024  # one shape on every process
-  elif args.variant == "3b":
-    config.model.update(compute_dtype="bfloat16", remat=True)
-    config.data.max_seq_len = 1024
-  else:  # tiny
+  else:
     config.data.update(global_batch_size=16, image_size=(112, 112), action_horizon=2, num_threads=2,
                        prefetch_buffer=2, shuffle_block_episodes=8, cache_episodes=16)
     # One compiled shape: on a CPU a recompile costs more than the padding it saves.

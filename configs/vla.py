@@ -1,11 +1,13 @@
 """Stage 3 (VLA): a GR00T-N1.5 flow-matching head trained on the frozen backbone's layer-18
-features, per benchmark. The backbone is any Qwen2.5-VL directory: the base model, the Stage 1
-export or the Stage 2 export -- the paper's base / SFT / SFT+RL comparison.
+features, per benchmark. The backbone is any Qwen2.5-VL directory (Qwen3-VL with family=qwen3_vl):
+the base model, the Stage 1 export or the Stage 2 export -- the paper's base / SFT / SFT+RL comparison.
 
   python launch/train.py --config=configs/vla.py:libero,backbone=/ckpt/Qwen2.5-VL-7B-Instruct,data=/data/rlds/libero_spatial_no_noops/1.0.0 \
       --workdir=runs/vla_base --config.mesh.fsdp=8
   python launch/train.py --config=configs/vla.py:libero,backbone=runs/sft/hf,data=... --workdir=runs/vla_sft
   python launch/train.py --config=configs/vla.py:libero,backbone=runs/grpo/hf,data=... --workdir=runs/vla_grpo
+  python launch/train.py --config=configs/vla.py:libero,family=qwen3_vl,backbone=/ckpt/Qwen3-VL-8B-Instruct,data=... \
+      --workdir=runs/vla_qwen3_base   # Table 5: layer 23 of 36 by default
   python launch/train.py --config=configs/vla.py:tiny,backbone=runs/demo/grpo/run/hf,data=runs/demo/vla_data/libero/1.0.0 \
       --workdir=runs/vla_tiny
 
@@ -15,7 +17,8 @@ ratio 0.05, cosine, clip 1.0, bf16), head `gr00t_n1_5`, primary + wrist camera a
 horizon 16, state padded to 64, actions to 32; `tiny` (the tiny head on a tiny backbone and a
 fixture, minutes on a 2-core CPU; the `small` head: GR00T's structure at widths 64-128 with
 fan-in initialisation of its per-embodiment layers).
-Arguments: backbone (checkpoint directory; its tokenizer/processor are used), data (TFDS version
+Arguments: family (the backbone's: qwen2_5_vl | qwen3_vl), backbone (checkpoint directory; its
+tokenizer/processor are used), data (TFDS version
 directory), spec (its layout: libero, calvin, bridge), eval_data (held-out episodes for the
 offline action-MSE evaluator), head_init (a GR00T N1.5 checkpoint directory to start the head
 from; "" = random), steps.
@@ -31,13 +34,13 @@ STEPS = {"libero": 60_000, "calvin": 100_000, "real": 30_000, "tiny": 300}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = config_args.parse(arg, variants=("tiny", "libero", "calvin", "real"), backbone="", data="", spec="",
-                           eval_data="", head_init="", steps=0)
+  args = config_args.parse(arg, variants=("tiny", "libero", "calvin", "real"), family="qwen2_5_vl", backbone="",
+                           data="", spec="", eval_data="", head_init="", steps=0)
   spec = args.spec or {"calvin": "calvin"}.get(args.variant, "libero")
   config = base_config("vla")
   config.variant = args.variant
   config.model = ml_collections.ConfigDict(dict(
-      family="qwen2_5_vl",    # backbone family (models/backbone.py registry)
+      family=config_args.check_family(args.family),  # models/backbone.py registry
       init_dir=args.backbone,  # the frozen backbone: base HF checkpoint, Stage 1 or Stage 2 export
       param_dtype="float32",
       compute_dtype="",        # "" = param_dtype; "bfloat16" on accelerators
@@ -48,7 +51,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       num_inference_timesteps=0))  # 0 = the variant's (4 Euler steps)
   config.vla = ml_collections.ConfigDict(dict(
       # Hidden states after this decoder layer; 0 = the paper's depth scaled to the backbone
-      # (18 of 28 layers: 18 for Qwen2.5-VL-7B, 23 for 3B, 3 for tiny).
+      # (18 of 28 layers: 18 for Qwen2.5-VL-7B, 23 for 3B and for Qwen3-VL-8B / 4B, 18 for
+      # Qwen3-VL-2B, 3 for tiny).
       feature_layer=0,
       embodiment_id=31,        # GR00T's slot for a new embodiment
       # Exclude the prompt's left padding from the head's attention (GR00T passes no mask; its

@@ -89,3 +89,34 @@ def test_every_config_documents_its_command_and_builds(path):
   assert f"python launch/train.py --config={name}:" in module_doc, f"{name} docstring lacks its command"
   config = load_config(name)
   assert config.stage in registry.TRAINERS
+
+
+def test_family_variants_are_the_registry_families():
+  from roboalign_jax.models import backbone as backbone_lib
+  assert set(config_args.FAMILY_VARIANTS) == set(backbone_lib.FAMILIES)
+  for name, variants in config_args.FAMILY_VARIANTS.items():
+    assert set(variants) == set(backbone_lib.family(name).variants), name
+
+
+@pytest.mark.parametrize("name,arg,family,remat,dtype", [
+    ("configs/sft.py", "8b,family=qwen3_vl", "qwen3_vl", True, "bfloat16"),
+    ("configs/sft.py", "tiny,family=qwen3_vl", "qwen3_vl", False, ""),
+    ("configs/grpo.py", "8b,family=qwen3_vl", "qwen3_vl", True, "bfloat16"),
+    ("configs/grpo.py", "4b,family=qwen3_vl", "qwen3_vl", False, "bfloat16"),
+    ("configs/vla.py", "libero,family=qwen3_vl", "qwen3_vl", False, "bfloat16"),
+    ("configs/sft.py", "7b", "qwen2_5_vl", True, "bfloat16"),
+])
+def test_family_argument_selects_the_backbone(name, arg, family, remat, dtype):
+  config = load_config(f"{name}:{arg}")
+  assert (config.model.family, config.model.remat, config.model.compute_dtype) == (family, remat, dtype)
+  assert config.data.model_family == family
+
+
+@pytest.mark.parametrize("arg,message", [
+    ("8b", r"variant '8b' is not a qwen2_5_vl model; qwen2_5_vl variants: \['tiny', '3b', '7b'\]"),
+    ("7b,family=qwen3_vl", r"variant '7b' is not a qwen3_vl model; qwen3_vl variants: \['tiny', '2b', '4b', '8b'\]"),
+    ("tiny,family=llava", r"unknown config argument family='llava'; allowed: \['qwen2_5_vl', 'qwen3_vl'\]"),
+])
+def test_family_argument_errors(arg, message):
+  with pytest.raises(config_args.ConfigArgError, match=message):
+    load_config(f"configs/sft.py:{arg}")

@@ -74,3 +74,19 @@ def parse(arg: str | None, *, variants: Sequence[str], default_variant: str | No
     raise ConfigArgError(
         f"unknown config variant {values['variant']!r}; allowed variants: {list(variants)}")
   return ml_collections.FrozenConfigDict(values)
+
+
+# Model shapes each backbone family offers (models/<family>/config.py VARIANTS), spelled out here
+# so reading a config does not import a model; tests/test_config.py checks them against the registry.
+FAMILY_VARIANTS = {"qwen2_5_vl": ("tiny", "3b", "7b"), "qwen3_vl": ("tiny", "2b", "4b", "8b")}
+
+
+def check_family(family: str, variant: str | None = None) -> str:
+  """`family` if it is a registered backbone family (and `variant`, when given, one of its model
+  shapes); ConfigArgError naming the allowed values otherwise."""
+  if family not in FAMILY_VARIANTS:
+    raise ConfigArgError(f"unknown config argument family={family!r}; allowed: {sorted(FAMILY_VARIANTS)}")
+  if variant is not None and variant not in FAMILY_VARIANTS[family]:
+    raise ConfigArgError(f"variant {variant!r} is not a {family} model; {family} variants: "
+                         f"{list(FAMILY_VARIANTS[family])}")
+  return family
