@@ -1,8 +1,9 @@
-"""Converts a Qwen2.5-VL checkpoint between HF (safetensors + config.json) and our format
-(`params.safetensors` with our parameter tree + `roboalign_config.json`).
+"""Converts a Qwen2.5-VL or Qwen3-VL checkpoint between HF (safetensors + config.json) and our
+format (`params.safetensors` with our parameter tree + `roboalign_config.json`).
 
 HF -> ours:   python launch/convert_checkpoint.py --hf_dir=/ckpt/Qwen2.5-VL-7B-Instruct --out=/ckpt/qwen7b_jax
 ours -> HF:   python launch/convert_checkpoint.py --to_hf --flax_dir=/ckpt/qwen7b_jax --out=/ckpt/qwen7b_hf
+Qwen3-VL:     python launch/convert_checkpoint.py --family=qwen3_vl --hf_dir=/ckpt/Qwen3-VL-8B-Instruct --out=...
 
 Tokenizer, chat template and image-processor files travel along both ways, so each output
 directory is complete. Weights are read and written with safetensors only (never pickle).
@@ -10,13 +11,15 @@ directory is complete. Weights are read and written with safetensors only (never
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("hf_dir", None, "HF Qwen2.5-VL directory to read (HF -> ours).")
+flags.DEFINE_enum("family", "qwen2_5_vl", ["qwen2_5_vl", "qwen3_vl"], "Backbone family of the checkpoint.")
+flags.DEFINE_string("hf_dir", None, "HF checkpoint directory to read (HF -> ours).")
 flags.DEFINE_string("flax_dir", None, "Directory in our format to read (with --to_hf).")
 flags.DEFINE_string("out", None, "Output directory.", required=True)
 flags.DEFINE_bool("to_hf", False, "Convert ours -> HF instead of HF -> ours.")
@@ -34,9 +37,10 @@ def _copy_side_files(src: str, dst: str) -> None:
       shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
 
 
-def convert(hf_dir: str | None, flax_dir: str | None, out: str, to_hf: bool, dtype: str | None = None) -> str:
+def convert(hf_dir: str | None, flax_dir: str | None, out: str, to_hf: bool, dtype: str | None = None,
+            family: str = "qwen2_5_vl") -> str:
   import jax.numpy as jnp
-  from roboalign_jax.models.qwen2_5_vl import checkpoint_io
+  checkpoint_io = importlib.import_module(f"roboalign_jax.models.{family}.checkpoint_io")
   jdtype = None if dtype is None else jnp.dtype(dtype)
   if to_hf:
     if not flax_dir:
@@ -55,7 +59,7 @@ def convert(hf_dir: str | None, flax_dir: str | None, out: str, to_hf: bool, dty
 
 def main(argv):
   del argv
-  out = convert(FLAGS.hf_dir, FLAGS.flax_dir, FLAGS.out, FLAGS.to_hf, FLAGS.dtype)
+  out = convert(FLAGS.hf_dir, FLAGS.flax_dir, FLAGS.out, FLAGS.to_hf, FLAGS.dtype, FLAGS.family)
   print(f"wrote {out}")
 
 

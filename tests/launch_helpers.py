@@ -53,3 +53,16 @@ def checkpoint_steps(workdir: str) -> list[int]:
   """Steps of the finalised checkpoints in a run's workdir (Orbax's temporary dirs excluded)."""
   path = os.path.join(workdir, "checkpoints")
   return sorted(int(d) for d in os.listdir(path) if d.isdigit()) if os.path.isdir(path) else []
+
+
+def import_launcher(name: str):
+  """launch/<name>.py as a module, loaded once per test process: its absl flags can be defined
+  only once, and several test files call into the same launcher."""
+  key = f"launch_{name}"
+  if key not in sys.modules:
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(key, os.path.join(REPO_ROOT, "launch", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules[key] = module
+  return sys.modules[key]

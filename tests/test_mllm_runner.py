@@ -35,7 +35,7 @@ def _image_cell(seed: int) -> dict:
 
 def write_mmstar(root) -> str:
   """mmstar.parquet with the HF dataset's columns."""
-  rows = [dict(index=k, question=f"Which option? Options: A: x, B: y, C: z, D: w", image=_image_cell(k),
+  rows = [dict(index=k, question="Which option? Options: A: x, B: y, C: z, D: w", image=_image_cell(k),
                answer="ABCD"[k % 4], category=["coarse perception", "math"][k % 2],
                l2_category=["image emotion", "geometry", "recognition"][k % 3],
                meta_info={"source": "fixture", "split": "val", "image_path": f"{k}.png"}) for k in range(3)]

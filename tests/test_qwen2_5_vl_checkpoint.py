@@ -18,11 +18,9 @@ from qwen2_5_vl_reference import TINY, hf_forward, hf_tiny, image_block, max_rel
 from roboalign_jax.models import qwen2_5_vl
 from roboalign_jax.models.qwen2_5_vl import checkpoint_io
 
-import importlib.util
-_spec = importlib.util.spec_from_file_location(
-    "convert_checkpoint", os.path.join(os.path.dirname(__file__), "..", "launch", "convert_checkpoint.py"))
-convert_checkpoint = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(convert_checkpoint)
+import launch_helpers
+
+convert_checkpoint = launch_helpers.import_launcher("convert_checkpoint")
 
 
 def _flat(params):

@@ -15,6 +15,7 @@ import torch
 from flax import traverse_util
 from transformers import Qwen3VLForConditionalGeneration
 
+import launch_helpers
 from qwen3_vl_reference import (errors, hf_config, hf_forward, hf_tiny, image_block, loaded_tiny, random_pixels,
                                 random_text)
 from roboalign_jax.models import qwen3_vl
@@ -116,3 +117,18 @@ def test_parameter_count_equals_transformers(variant):
   print(f"\n{variant}: ours {ours:,} HF {hf_count:,}")
   assert ours == hf_count
   assert ours == {"2b": 2_127_532_032, "4b": 4_437_815_808, "8b": 8_767_123_696}[variant]
+
+
+def test_convert_cli_round_trip(tmp_path):
+  """launch/convert_checkpoint.py --family=qwen3_vl: HF -> ours -> HF gives the same tensors."""
+  convert_checkpoint = launch_helpers.import_launcher("convert_checkpoint")
+  hf_dir, _ = hf_tiny()
+  ours, back = str(tmp_path / "jax"), str(tmp_path / "hf")
+  convert_checkpoint.convert(hf_dir, None, ours, to_hf=False, family="qwen3_vl")
+  model, params = checkpoint_io.load_flax(ours)
+  assert isinstance(model, qwen3_vl.Qwen3VL)
+  convert_checkpoint.convert(None, ours, back, to_hf=True, family="qwen3_vl")
+  original, converted = checkpoint_io.read_hf_tensors(hf_dir), checkpoint_io.read_hf_tensors(back)
+  assert original.keys() == converted.keys()
+  for name, value in converted.items():
+    np.testing.assert_array_equal(value, original[name], err_msg=name)

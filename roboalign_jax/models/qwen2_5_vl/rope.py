@@ -94,14 +94,15 @@ def mrope_position_ids(input_ids: jax.Array, attention_mask: jax.Array, image_gr
 
 
 def vision_layout(grid_thw: jax.Array, num_patches: int, spatial_merge_size: int,
-                  merger_window: int) -> dict[str, jax.Array]:
+                  merger_window: int | None) -> dict[str, jax.Array]:
   """Per-patch layout of the concatenated patches of all images, as HF's processor emits them.
 
   Patches come in merge-window order: for each image, frame t, merged row bh, merged col bw,
   then the 2x2 patches (mh, mw) inside. Returns int32 [num_patches] arrays:
-  `row`, `col` (patch coordinates for the 2D rotary), `frame` (a global id per image frame:
-  the full-attention segment) and `window` (the 8x8-patch window inside its frame: with `frame`,
-  the window-attention segment). Patches past the last image get frame -1.
+  `row`, `col` (patch coordinates for the 2D rotary), `height`, `width` (its image's grid),
+  `frame` (a global id per image frame: the full-attention segment) and, unless `merger_window`
+  is None (Qwen3-VL has no windows), `window` (the 8x8-patch window inside its frame: with
+  `frame`, the window-attention segment). Patches past the last image get frame -1.
   """
   m = spatial_merge_size
   grid = grid_thw.astype(jnp.int32)
@@ -120,9 +121,11 @@ def vision_layout(grid_thw: jax.Array, num_patches: int, spatial_merge_size: int
   row, col = bh * m + inner // m, bw * m + inner % m
   frame_base = jnp.cumsum(t) - t
   frame = jnp.where(valid, frame_base[img] + ti, -1)
-  wins_w = -(-units_w // merger_window)  # ceil
-  window = (bh // merger_window) * wins_w + bw // merger_window
-  return dict(row=row, col=col, frame=frame, window=window)
+  layout = dict(row=row, col=col, height=h[img], width=w[img], frame=frame)
+  if merger_window is not None:
+    wins_w = -(-units_w // merger_window)  # ceil
+    layout["window"] = (bh // merger_window) * wins_w + bw // merger_window
+  return layout
 
 
 def vision_cos_sin(row: jax.Array, col: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:

@@ -27,15 +27,17 @@ from roboalign_jax.models.qwen2_5_vl.layers import Linear, RMSNorm, SwiGLU
 
 
 class PatchEmbed(nn.Module):
-  """HF's Conv3d with kernel = stride = (T, P, P) on one patch is a matmul on the flat patch."""
+  """HF's Conv3d with kernel = stride = (T, P, P) on one patch is a matmul on the flat patch
+  (C, T, P, P); without bias here, with bias in Qwen3-VL."""
   features: int
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  use_bias: bool = False
 
   @nn.compact
   def __call__(self, patches: jax.Array) -> jax.Array:
     """patches: [N, C*T*P*P] -> [N, features]."""
-    return Linear(self.features, ("patch", "embed"), use_bias=False, dtype=self.dtype,
+    return Linear(self.features, ("patch", "embed"), use_bias=self.use_bias, dtype=self.dtype,
                   param_dtype=self.param_dtype, name="proj")(patches.astype(self.dtype))
 
 

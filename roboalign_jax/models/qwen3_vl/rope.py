@@ -27,8 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from roboalign_jax.models.qwen2_5_vl import rope as _qwen2_5_rope
-from roboalign_jax.models.qwen2_5_vl.rope import apply_rotary, inv_frequencies, text_positions
+from roboalign_jax.models.qwen2_5_vl.rope import apply_rotary, inv_frequencies, mrope_position_ids, text_positions
 
 __all__ = ["apply_rotary", "frequency_rows", "interleaved_mrope_cos_sin", "mrope_position_ids",
            "text_positions"]
@@ -53,14 +52,3 @@ def interleaved_mrope_cos_sin(position_ids: jax.Array, head_dim: int, theta: flo
   angles = pos * inv
   emb = jnp.concatenate([angles, angles], axis=-1)
   return jnp.cos(emb), jnp.sin(emb)
-
-
-def mrope_position_ids(input_ids: jax.Array, attention_mask: jax.Array, image_grid_thw: jax.Array | None,
-                       image_token_id: int, spatial_merge_size: int) -> tuple[jax.Array, jax.Array]:
-  """3D position ids [3, B, L] and rope deltas [B] of a batch (see the module docstring).
-
-  input_ids, attention_mask: [B, L]; image_grid_thw: int [N_images, 3] for the images in the
-  order their tokens appear in the row-major flattened batch (None for text only).
-  """
-  return _qwen2_5_rope.mrope_position_ids(input_ids, attention_mask, image_grid_thw, image_token_id,
-                                          spatial_merge_size)

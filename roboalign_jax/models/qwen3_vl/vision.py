@@ -12,6 +12,9 @@ h*w per frame, t times per entry): a [N, N] mask over the packed patches, or, wh
 promises that every frame has `frame_patches` = h*w patches, attention per frame on
 [frames, frame_patches] with no mask at all. Both paths give the same numbers.
 
+The patch embedding, the packed-patch layout and the attention are Qwen2.5-VL's modules
+(`qwen2_5_vl/vision.py`, `qwen2_5_vl/rope.py`): the same computation with other settings.
+
 Parameter names mirror HF's module names (`blocks_3/attn/qkv/kernel` for `blocks.3.attn.qkv.weight`,
 transposed), so the checkpoint converter maps them by path.
 """
@@ -27,6 +30,7 @@ import numpy as np
 
 from roboalign_jax.models.qwen2_5_vl import rope
 from roboalign_jax.models.qwen2_5_vl.layers import Linear
+from roboalign_jax.models.qwen2_5_vl.vision import PatchEmbed, VisionAttention
 from roboalign_jax.models.qwen3_vl.config import VisionConfig
 
 _ACTIVATIONS = {
@@ -45,29 +49,15 @@ def activation(name: str):
 
 # ---- layout of the packed patches ---------------------------------------------------------------
 def patch_layout(grid_thw: jax.Array, num_patches: int, spatial_merge_size: int) -> dict[str, jax.Array]:
-  """Where each of the concatenated patches of all images sits, as HF's processor emits them.
+  """Where each of the concatenated patches of all images sits, as HF's processor emits them:
+  Qwen2.5-VL's layout (`qwen2_5_vl.rope.vision_layout`) without attention windows.
 
   Per image, per frame, patches come in merge-block order (block_row, block_col, in_row, in_col).
   Returns int32 [num_patches] arrays: `row`, `col` (patch coordinates in the frame), `height`,
   `width` (its image's grid) and `frame` (a global id per image frame: the attention segment;
   -1 for patches past the last image, which valid input does not have).
   """
-  m = spatial_merge_size
-  grid = grid_thw.astype(jnp.int32)
-  t, h, w = grid[:, 0], grid[:, 1], grid[:, 2]
-  per_img = t * h * w
-  ends = jnp.cumsum(per_img)
-  p = jnp.arange(num_patches, dtype=jnp.int32)
-  img = jnp.clip(jnp.searchsorted(ends, p, side="right"), 0, grid.shape[0] - 1)
-  q = p - (ends - per_img)[img]  # index inside its image
-  height, width = h[img], w[img]
-  ti, r = q // (height * width), q % (height * width)
-  blocks_w = width // m
-  block, inner = r // (m * m), r % (m * m)
-  row = (block // blocks_w) * m + inner // m
-  col = (block % blocks_w) * m + inner % m
-  frame = jnp.where(p < ends[-1], (jnp.cumsum(t) - t)[img] + ti, -1)
-  return dict(row=row, col=col, height=height, width=width, frame=frame)
+  return rope.vision_layout(grid_thw, num_patches, spatial_merge_size, merger_window=None)
 
 
 def _axis_taps(index: jax.Array, size: jax.Array, side: int) -> tuple[jax.Array, jax.Array]:
@@ -111,38 +101,6 @@ class LayerNorm(nn.Module):
     return (xf * weight.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
 
 
-class PatchEmbed(nn.Module):
-  """HF's Conv3d with kernel = stride = (T, P, P) on one patch is a matmul on the flat patch (C, T, P, P)."""
-  features: int
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, patches: jax.Array) -> jax.Array:
-    return Linear(self.features, ("patch", "embed"), use_bias=True, dtype=self.dtype,
-                  param_dtype=self.param_dtype, name="proj")(patches.astype(self.dtype))
-
-
-class VisionAttention(nn.Module):
-  config: VisionConfig
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array | None) -> jax.Array:
-    """x: [F, L, C] (F independent sequences of L patches); cos/sin: [F, L, head_dim];
-    mask: bool [F, L, L] (True = may attend) or None (all of a sequence) -> [F, L, C]."""
-    f, n, c = x.shape
-    heads = self.config.num_heads
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    qkv = Linear(3 * c, ("embed", "heads"), name="qkv", **kw)(x).reshape(f, n, 3, heads, c // heads)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [F, L, heads, head_dim]
-    q = rope.apply_rotary(q, cos, sin)
-    k = rope.apply_rotary(k, cos, sin)
-    out = jax.nn.dot_product_attention(q, k, v, mask=None if mask is None else mask[:, None])
-    return Linear(c, ("heads", "embed"), name="proj", **kw)(out.reshape(f, n, c))
-
-
 class VisionMLP(nn.Module):
   config: VisionConfig
   dtype: Any = jnp.float32
@@ -164,6 +122,7 @@ class VisionBlock(nn.Module):
   @nn.compact
   def __call__(self, x, cos, sin, mask):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    # Attention (qkv, 2D rotary, proj) is Qwen2.5-VL's; the norms and the MLP are Qwen3's own.
     x = x + VisionAttention(self.config, name="attn", **kw)(
         LayerNorm(1e-6, self.param_dtype, name="norm1")(x), cos, sin, mask)
     return x + VisionMLP(self.config, name="mlp", **kw)(LayerNorm(1e-6, self.param_dtype, name="norm2")(x))
@@ -237,7 +196,7 @@ class VisionTower(nn.Module):
     check_grid(grid_thw, n, m, frame_patches)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
-    x = PatchEmbed(cfg.hidden_size, name="patch_embed", **kw)(pixel_values)
+    x = PatchEmbed(cfg.hidden_size, use_bias=True, name="patch_embed", **kw)(pixel_values)
     lay = patch_layout(grid_thw, n, m)
     table = nn.Embed(cfg.num_position_embeddings, cfg.hidden_size, dtype=jnp.float32,
                      param_dtype=self.param_dtype, name="pos_embed",
