@@ -3,6 +3,7 @@ save_pretrained loads back into transformers (tied and untied heads) with the sa
 tensor-for-tensor equal to what transformers wrote; sharded and bf16 saves round-trip; bad
 checkpoints are refused by name; and the released 2B / 4B / 8B configs give HF's parameter count."""
 
+import dataclasses
 import json
 import math
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from flax import traverse_util
+from transformers import Qwen3VLConfig as HFConfig
 from transformers import Qwen3VLForConditionalGeneration
 
 import launch_helpers
@@ -132,3 +134,12 @@ def test_convert_cli_round_trip(tmp_path):
   assert original.keys() == converted.keys()
   for name, value in converted.items():
     np.testing.assert_array_equal(value, original[name], err_msg=name)
+
+
+@pytest.mark.parametrize("variant", ["tiny", "2b", "4b", "8b"])
+def test_config_round_trips_through_transformers(variant):
+  """ours -> config.json -> transformers' Qwen3VLConfig -> its dict -> ours: nothing lost (a non-default
+  vision rope theta included)."""
+  config = Qwen3VLConfig.from_variant(variant)
+  config = config.replace(vision=dataclasses.replace(config.vision, rope_theta=20000.0))
+  assert Qwen3VLConfig.from_hf_dict(HFConfig(**config.to_hf_dict()).to_dict()) == config

@@ -199,7 +199,8 @@ class Qwen3VLConfig:
         intermediate_size=v.intermediate_size, out_hidden_size=v.out_hidden_size, hidden_act=v.hidden_act,
         in_channels=v.in_channels, patch_size=v.patch_size, temporal_patch_size=v.temporal_patch_size,
         spatial_merge_size=v.spatial_merge_size, num_position_embeddings=v.num_position_embeddings,
-        deepstack_visual_indexes=list(v.deepstack_visual_indexes))
+        deepstack_visual_indexes=list(v.deepstack_visual_indexes),
+        rope_parameters={"rope_type": "axial", "rope_theta": v.rope_theta})
     return dict(
         architectures=[ARCHITECTURE], model_type=MODEL_TYPE, text_config=text, vision_config=vision,
         image_token_id=self.image_token_id, video_token_id=self.video_token_id,
