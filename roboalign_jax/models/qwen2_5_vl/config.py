@@ -9,11 +9,11 @@ flat (text fields at the top level, as on the Hub) or nested `text_config`; `rop
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any
 
 import jax.numpy as jnp
+
+from roboalign_jax.models import qwen_vl_config
 
 ARCHITECTURE = "Qwen2_5_VLForConditionalGeneration"
 MODEL_TYPE = "qwen2_5_vl"
@@ -116,11 +116,8 @@ class Qwen2_5_VLConfig:
   @classmethod
   def from_hf_dict(cls, d: dict, source: str = "config", **overrides) -> "Qwen2_5_VLConfig":
     """From the dict of an HF Qwen2.5-VL `config.json`. `source` names it in errors."""
-    archs = d.get("architectures") or []
-    model_type = d.get("model_type")
-    if model_type not in (MODEL_TYPE, None) or (archs and ARCHITECTURE not in archs):
-      raise ValueError(f"{source}: expected a Qwen2.5-VL config (model_type {MODEL_TYPE!r}, architectures "
-                       f"[{ARCHITECTURE!r}]), got model_type={model_type!r}, architectures={archs}")
+    qwen_vl_config.check_model_type(d, source, model_type=MODEL_TYPE, architecture=ARCHITECTURE,
+                                    display_name="Qwen2.5-VL")
     if "vision_config" not in d:
       raise ValueError(f"{source}: missing 'vision_config'; expected a Qwen2.5-VL config")
     # Flat (Hub) layout keeps text fields at the top; nested layout has text_config.
@@ -135,10 +132,7 @@ class Qwen2_5_VLConfig:
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ("default", "mrope"):
       raise ValueError(f"{source}: rope type {rope_type!r} not supported (expected 'default' or 'mrope')")
-    need = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
-    missing = [k for k in need if k not in td]
-    if missing:
-      raise ValueError(f"{source}: text config lacks {missing}")
+    qwen_vl_config.check_text_fields(td, source, "text config")
     tie = bool(d.get("tie_word_embeddings", False) or td.get("tie_word_embeddings", False))
     text = TextConfig(
         hidden_size=td["hidden_size"], num_hidden_layers=td["num_hidden_layers"],
@@ -148,28 +142,12 @@ class Qwen2_5_VLConfig:
         tie_word_embeddings=tie, rope_theta=float(theta), mrope_section=tuple(int(s) for s in section),
         rms_norm_eps=float(td.get("rms_norm_eps", 1e-6)),
         max_position_embeddings=td.get("max_position_embeddings", 128000))
-    vkw = {f.name: _tuple(vd[f.name]) for f in dataclasses.fields(VisionConfig) if f.name in vd}
-    vrope = vd.get("rope_parameters") or {}
-    if "rope_theta" in vrope:
-      vkw["rope_theta"] = float(vrope["rope_theta"])
-    vision = VisionConfig(**vkw)
-    ids = {k: d[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id",
-                             "vision_end_token_id") if k in d}
-    for k in ("bos_token_id", "eos_token_id", "pad_token_id"):
-      if k in td:
-        ids[k] = td[k]
-    return cls(text=text, vision=vision, **ids, **overrides).validate()
+    vision = VisionConfig(**qwen_vl_config.vision_fields(vd, VisionConfig))
+    return cls(text=text, vision=vision, **qwen_vl_config.token_ids(d, td), **overrides).validate()
 
   @classmethod
   def from_json_file(cls, path: str, **overrides) -> "Qwen2_5_VLConfig":
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"config file {path!r} not found; expected an HF config.json")
-    with open(path) as f:
-      try:
-        d = json.load(f)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    return cls.from_hf_dict(d, source=path, **overrides)
+    return cls.from_hf_dict(qwen_vl_config.read_json(path), source=path, **overrides)
 
   def to_hf_dict(self) -> dict:
     """A nested transformers-5 style config.json (also readable by transformers 4.5x)."""
@@ -194,10 +172,6 @@ class Qwen2_5_VLConfig:
         image_token_id=self.image_token_id, video_token_id=self.video_token_id,
         vision_start_token_id=self.vision_start_token_id, vision_end_token_id=self.vision_end_token_id,
         tie_word_embeddings=t.tie_word_embeddings, torch_dtype="float32")
-
-
-def _tuple(x):
-  return tuple(x) if isinstance(x, (list, tuple)) else x
 
 
 # ---- variants ----------------------------------------------------------------------------------

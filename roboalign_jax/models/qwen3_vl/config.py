@@ -16,12 +16,12 @@ rope settings in `rope_parameters` (transformers >= 5) or `rope_scaling` + `rope
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 from typing import Any
 
 import jax.numpy as jnp
+
+from roboalign_jax.models import qwen_vl_config
 
 ARCHITECTURE = "Qwen3VLForConditionalGeneration"
 MODEL_TYPE = "qwen3_vl"
@@ -127,11 +127,8 @@ class Qwen3VLConfig:
   @classmethod
   def from_hf_dict(cls, d: dict, source: str = "config", **overrides) -> "Qwen3VLConfig":
     """From the dict of an HF Qwen3-VL `config.json`. `source` names it in errors."""
-    archs = d.get("architectures") or []
-    model_type = d.get("model_type")
-    if model_type not in (MODEL_TYPE, None) or (archs and ARCHITECTURE not in archs):
-      raise ValueError(f"{source}: expected a Qwen3-VL config (model_type {MODEL_TYPE!r}, architectures "
-                       f"[{ARCHITECTURE!r}]), got model_type={model_type!r}, architectures={archs}")
+    qwen_vl_config.check_model_type(d, source, model_type=MODEL_TYPE, architecture=ARCHITECTURE,
+                                    display_name="Qwen3-VL")
     if "vision_config" not in d or "text_config" not in d:
       raise ValueError(f"{source}: missing 'text_config' / 'vision_config'; expected a Qwen3-VL config")
     td, vd = d["text_config"], d["vision_config"]
@@ -144,10 +141,7 @@ class Qwen3VLConfig:
       raise ValueError(f"{source}: rope type {rope_type!r} not supported (expected 'default')")
     if not rope.get("mrope_interleaved", True):
       raise ValueError(f"{source}: mrope_interleaved=false is not Qwen3-VL's layout")
-    need = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
-    missing = [k for k in need if k not in td]
-    if missing:
-      raise ValueError(f"{source}: text_config lacks {missing}")
+    qwen_vl_config.check_text_fields(td, source, "text_config")
     tie = bool(d.get("tie_word_embeddings", td.get("tie_word_embeddings", False)))
     heads = td["num_attention_heads"]
     text = TextConfig(
@@ -158,28 +152,12 @@ class Qwen3VLConfig:
         rope_theta=float(theta), mrope_section=tuple(int(s) for s in section),
         rms_norm_eps=float(td.get("rms_norm_eps", 1e-6)),
         max_position_embeddings=td.get("max_position_embeddings", 262144))
-    vkw = {f.name: _tuple(vd[f.name]) for f in dataclasses.fields(VisionConfig) if f.name in vd}
-    vrope = vd.get("rope_parameters") or {}
-    if "rope_theta" in vrope:
-      vkw["rope_theta"] = float(vrope["rope_theta"])
-    vision = VisionConfig(**vkw)
-    ids = {k: d[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id",
-                             "vision_end_token_id") if k in d}
-    for k in ("bos_token_id", "eos_token_id", "pad_token_id"):
-      if k in td:
-        ids[k] = td[k]
-    return cls(text=text, vision=vision, **ids, **overrides).validate()
+    vision = VisionConfig(**qwen_vl_config.vision_fields(vd, VisionConfig))
+    return cls(text=text, vision=vision, **qwen_vl_config.token_ids(d, td), **overrides).validate()
 
   @classmethod
   def from_json_file(cls, path: str, **overrides) -> "Qwen3VLConfig":
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"config file {path!r} not found; expected an HF config.json")
-    with open(path) as f:
-      try:
-        d = json.load(f)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    return cls.from_hf_dict(d, source=path, **overrides)
+    return cls.from_hf_dict(qwen_vl_config.read_json(path), source=path, **overrides)
 
   def to_hf_dict(self) -> dict:
     """A nested config.json in the Hub's layout (read by transformers 4.57+ and 5)."""
@@ -206,10 +184,6 @@ class Qwen3VLConfig:
         image_token_id=self.image_token_id, video_token_id=self.video_token_id,
         vision_start_token_id=self.vision_start_token_id, vision_end_token_id=self.vision_end_token_id,
         tie_word_embeddings=t.tie_word_embeddings, torch_dtype="float32")
-
-
-def _tuple(x):
-  return tuple(x) if isinstance(x, (list, tuple)) else x
 
 
 # ---- variants ----------------------------------------------------------------------------------
