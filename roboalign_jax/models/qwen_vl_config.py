@@ -1,7 +1,7 @@
 """What the Qwen-VL config classes (`qwen2_5_vl/config.py`, `qwen3_vl/config.py`) share in reading an
-HF `config.json`: the file itself, the model-type check, required text fields, the vision fields
-(tuples for lists, the rotary theta from `rope_parameters`) and the special token ids. Each family
-keeps its own dataclasses, rope layout and defaults."""
+HF `config.json` and in checking it: the file itself, the model-type check, required text fields,
+the vision fields (tuples for lists, the rotary theta from `rope_parameters`), the special token
+ids and the shape rules. Each family keeps its own dataclasses, rope layout and defaults."""
 
 from __future__ import annotations
 
@@ -38,6 +38,22 @@ def check_text_fields(td: dict, source: str, where: str = "text config") -> None
   missing = [k for k in TEXT_FIELDS if k not in td]
   if missing:
     raise ValueError(f"{source}: {where} lacks {missing}")
+
+
+def check_shapes(t: Any, v: Any) -> None:
+  """The shape rules every Qwen-VL config obeys (t: its text config, v: its vision config): GQA,
+  M-RoPE sections covering half the head, a vision head dim the 2-D rotary can split, and a vision
+  output as wide as the decoder."""
+  if t.num_attention_heads % t.num_key_value_heads:
+    raise ValueError(f"num_attention_heads {t.num_attention_heads} not a multiple of "
+                     f"num_key_value_heads {t.num_key_value_heads}")
+  if sum(t.mrope_section) * 2 != t.head_dim:
+    raise ValueError(f"mrope_section {t.mrope_section} must sum to head_dim/2 = {t.head_dim // 2}")
+  if v.hidden_size % v.num_heads or v.head_dim % 4:
+    raise ValueError(f"vision hidden_size {v.hidden_size} / num_heads {v.num_heads} must give a head dim "
+                     "divisible by 4 (2D rotary)")
+  if v.out_hidden_size != t.hidden_size:
+    raise ValueError(f"vision out_hidden_size {v.out_hidden_size} != text hidden_size {t.hidden_size}")
 
 
 def vision_fields(vd: dict, vision_cls: type) -> dict[str, Any]:

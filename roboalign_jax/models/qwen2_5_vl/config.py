@@ -92,16 +92,7 @@ class Qwen2_5_VLConfig:
     t, v = self.text, self.vision
     if t.hidden_size % t.num_attention_heads:
       raise ValueError(f"text hidden_size {t.hidden_size} not divisible by num_attention_heads {t.num_attention_heads}")
-    if t.num_attention_heads % t.num_key_value_heads:
-      raise ValueError(f"num_attention_heads {t.num_attention_heads} not a multiple of "
-                       f"num_key_value_heads {t.num_key_value_heads}")
-    if sum(t.mrope_section) * 2 != t.head_dim:
-      raise ValueError(f"mrope_section {t.mrope_section} must sum to head_dim/2 = {t.head_dim // 2}")
-    if v.hidden_size % v.num_heads or v.head_dim % 4:
-      raise ValueError(f"vision hidden_size {v.hidden_size} / num_heads {v.num_heads} must give a head dim "
-                       "divisible by 4 (2D rotary)")
-    if v.out_hidden_size != t.hidden_size:
-      raise ValueError(f"vision out_hidden_size {v.out_hidden_size} != text hidden_size {t.hidden_size}")
+    qwen_vl_config.check_shapes(t, v)
     return self
 
   # ---- construction -------------------------------------------------------------------------

@@ -94,19 +94,10 @@ class Qwen3VLConfig:
 
   def validate(self) -> "Qwen3VLConfig":
     t, v = self.text, self.vision
-    if t.num_attention_heads % t.num_key_value_heads:
-      raise ValueError(f"num_attention_heads {t.num_attention_heads} not a multiple of "
-                       f"num_key_value_heads {t.num_key_value_heads}")
-    if sum(t.mrope_section) * 2 != t.head_dim:
-      raise ValueError(f"mrope_section {t.mrope_section} must sum to head_dim/2 = {t.head_dim // 2}")
-    if v.hidden_size % v.num_heads or v.head_dim % 4:
-      raise ValueError(f"vision hidden_size {v.hidden_size} / num_heads {v.num_heads} must give a head dim "
-                       "divisible by 4 (2D rotary)")
+    qwen_vl_config.check_shapes(t, v)
     if v.num_grid_per_side ** 2 != v.num_position_embeddings:
       raise ValueError(f"vision num_position_embeddings {v.num_position_embeddings} must be a square "
                        "(the learned position table is side x side)")
-    if v.out_hidden_size != t.hidden_size:
-      raise ValueError(f"vision out_hidden_size {v.out_hidden_size} != text hidden_size {t.hidden_size}")
     if any(not 0 <= i < v.depth for i in v.deepstack_visual_indexes):
       raise ValueError(f"deepstack_visual_indexes {v.deepstack_visual_indexes} must be vision block indexes "
                        f"in 0..{v.depth - 1}")
