@@ -14,10 +14,11 @@ import sys
 import numpy as np
 import pytest
 
+import sim_envs
 from configs_loader import REPO_ROOT
 from roboalign_jax.eval.libero.rotations import matrix_to_axis_angle, quat_to_axis_angle, quat_to_matrix
 
-SIM_PYTHON = os.path.join(REPO_ROOT, ".venv-libero", "bin", "python")
+SIM_PYTHON = sim_envs.sim_python("libero")
 
 
 # --- quaternion (xyzw) -> axis-angle, hand-worked --------------------------------------------------
@@ -68,18 +69,10 @@ def test_noop_steps_are_dropped_like_openvla():
 
 
 # --- the real simulator -------------------------------------------------------------------------
-def _make_sim_env():
-  """Creates (first run) or checks (later runs) .venv-libero through the Makefile target."""
-  result = subprocess.run(["make", "-s", "sim-libero"], cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=1800)
-  assert result.returncode == 0, f"make sim-libero failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-  assert os.path.isfile(SIM_PYTHON), f"make sim-libero did not create {SIM_PYTHON}"
-
-
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
   """Two expert episodes of LIBERO-Spatial task 0 (init states 0 and 1), recorded as a user would."""
-  _make_sim_env()
+  sim_envs.make_sim_env("libero")
   out_dir = tmp_path_factory.mktemp("libero") / "rlds"
   command = [sys.executable, os.path.join(REPO_ROOT, "launch", "record_libero.py"), "--suite=libero_spatial",
              "--tasks=0", "--init_states=0,1", f"--out_dir={out_dir}"]

@@ -19,13 +19,14 @@ import textwrap
 import numpy as np
 import pytest
 
+import sim_envs
 from configs_loader import REPO_ROOT
 from roboalign_jax.data.errors import DataError
 from roboalign_jax.data.specs import get_spec
 from roboalign_jax.data.specs.common import RawEpisode
 from roboalign_jax.eval.metaworld import env as mw_env
 
-SIM_PYTHON = os.path.join(REPO_ROOT, ".venv-metaworld", "bin", "python")
+SIM_PYTHON = sim_envs.sim_python("metaworld")
 TASK = "drawer-open-v3"
 EFFORTS = [-1.0, 0.0, 0.1, 0.6, 0.8, 1.0]  # what Meta-World's scripted experts emit
 SNAPPED = [-1.0, -1.0, 1.0, 1.0, 1.0, 1.0]
@@ -102,14 +103,6 @@ def test_task_and_seed_lists_and_the_upright_corner_camera():
 
 
 # --- the real simulator -------------------------------------------------------------------------
-def _make_sim_env():
-  """Creates (first run) or checks (later runs) .venv-metaworld through the Makefile target."""
-  result = subprocess.run(["make", "-s", "sim-metaworld"], cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=1800)
-  assert result.returncode == 0, f"make sim-metaworld failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-  assert os.path.isfile(SIM_PYTHON), f"make sim-metaworld did not create {SIM_PYTHON}"
-
-
 def _in_simulator(code: str, timeout: float = 300) -> dict:
   """Runs `code` in the simulator environment; it prints one JSON object last, which is returned."""
   result = subprocess.run([SIM_PYTHON, "-c", textwrap.dedent(code)], cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
@@ -121,7 +114,7 @@ def _in_simulator(code: str, timeout: float = 300) -> dict:
 
 @pytest.fixture(scope="module")
 def sim_env():
-  _make_sim_env()
+  sim_envs.make_sim_env("metaworld")
 
 
 @pytest.mark.slow
