@@ -7,16 +7,16 @@ import json
 import os
 from typing import Mapping, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")  # Files only; no display on servers or CI.
-import matplotlib.pyplot as plt  # noqa: E402
+# A Figure without pyplot renders through Agg into files and leaves the process's backend alone
+# (a notebook importing the demo stages keeps its inline plots; no display needed on servers or CI).
+from matplotlib.figure import Figure
 
 
 def plot_curves(path: str, curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], *,
                 title: str, ylabel: str, logy: bool = False) -> str:
   """Saves one PNG with a line per named curve `(steps, values)`. Returns the path."""
-  fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+  fig = Figure(figsize=(6, 3.5), dpi=100)
+  ax = fig.subplots()
   for name, (steps, values) in curves.items():
     ax.plot(list(steps), list(values), label=name)
   ax.set(title=title, xlabel="step", ylabel=ylabel)
@@ -27,7 +27,6 @@ def plot_curves(path: str, curves: Mapping[str, tuple[Sequence[int], Sequence[fl
     ax.legend()
   fig.tight_layout()
   fig.savefig(path)
-  plt.close(fig)
   return path
 
 
