@@ -3,7 +3,6 @@ cannot travel safely); launch/serve.py answering the real openpi-client as the p
 process, with /healthz, API keys, bad requests refused per connection, and batched concurrency;
 a VLA policy's batched forward answering as its single calls do."""
 
-import asyncio
 import os
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from configs_loader import REPO_ROOT
 from roboalign_jax import policies
 from roboalign_jax.policies.policy import Policy, PolicyDescription
-from roboalign_jax.serving import PolicyServer, msgpack_numpy
+from roboalign_jax.serving import PolicyServer, msgpack_numpy, serve_in_thread
 from test_transforms_policy import HORIZON, _request, libero  # noqa: F401  (the LIBERO fixture and requests)
 import tiny_policies
 
@@ -243,14 +242,8 @@ def test_a_model_failure_is_not_leaked_and_the_server_keeps_serving(libero, requ
       raise RuntimeError("secret /srv/internal/path")
     return np.zeros((HORIZON, 7), np.float32)
 
-  server = PolicyServer(Policy(description, model), port=0, max_batch=2, max_wait_ms=1)
-  loop = asyncio.new_event_loop()
-  thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)
-  thread.start()
-  deadline = time.time() + 30
-  while (server.port == 0 or _health(server.port) != 200) and time.time() < deadline:
-    time.sleep(0.05)
-  try:
+  with serve_in_thread(PolicyServer(Policy(description, model), port=0, max_batch=2, max_wait_ms=1)) as server:
+    assert _health(server.port) == 200
     observation = requests[0][0]
     with websockets.sync.client.connect(f"ws://127.0.0.1:{server.port}") as ws:
       ws.recv()
@@ -261,6 +254,4 @@ def test_a_model_failure_is_not_leaked_and_the_server_keeps_serving(libero, requ
     assert text == "inference failed (RuntimeError); see the server log" and ws.close_code == 1011
     out = WebsocketClientPolicy(host="127.0.0.1", port=server.port).infer(observation)
     assert out["actions"].shape == (HORIZON, 7)
-  finally:
-    loop.call_soon_threadsafe(server.stop)
-    thread.join(timeout=10)
+  assert not server.listening.is_set()  # stopped on leaving the block

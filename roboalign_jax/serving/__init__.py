@@ -4,6 +4,6 @@
 """
 
 from roboalign_jax.serving import msgpack_numpy
-from roboalign_jax.serving.server import DEFAULT_MAX_MESSAGE_BYTES, PolicyServer
+from roboalign_jax.serving.server import DEFAULT_MAX_MESSAGE_BYTES, PolicyServer, serve_in_thread
 
-__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "PolicyServer", "msgpack_numpy"]
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "PolicyServer", "msgpack_numpy", "serve_in_thread"]

@@ -3,6 +3,9 @@
     server = PolicyServer(policies.load(policy_dir), host="127.0.0.1", port=8000)
     asyncio.run(server.serve())          # until stop() (launch/serve.py wires SIGINT/SIGTERM to it)
 
+    with serve_in_thread(PolicyServer(policy, port=0)) as server:   # notebooks, tests: a background
+      client = WebsocketClientPolicy(port=server.port)               # thread, stopped on exit
+
 Protocol (what openpi's `WebsocketClientPolicy` from PyPI `openpi-client` expects):
   * on connect the server sends the policy's metadata (msgpack_numpy);
   * then each binary message is an observation dict, answered with
@@ -28,11 +31,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import hmac
 import http
 import ipaddress
 import logging
+import threading
 import time
 
 import websockets
@@ -104,6 +109,7 @@ class PolicyServer:
     self._connections = 0  # open connections that received the metadata
     self._queue: asyncio.Queue[_Pending] | None = None
     self._stop: asyncio.Event | None = None
+    self.listening = threading.Event()  # set while bound (self.port is then the real port)
     # One inference thread: JAX calls are serialised and the event loop stays free.
     self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy")
 
@@ -225,6 +231,7 @@ class PolicyServer:
       async with serve(self._handle, self.host, self.port, process_request=self._process_request,
                        max_size=self.max_message_bytes, compression=None) as server:
         self.port = server.sockets[0].getsockname()[1]
+        self.listening.set()
         host = f"[{self.host}]" if ":" in self.host else self.host
         log.info("serving the %s policy on ws://%s:%d (health: http://%s:%d%s; max batch %d, max wait %.1f ms, "
                  "max message %.1f MiB%s)", self.policy.description.kind, host, self.port, host, self.port,
@@ -232,9 +239,43 @@ class PolicyServer:
                  ", API key required" if self.api_key else "")
         await self._stop.wait()
     finally:
+      self.listening.clear()
       batcher.cancel()
       self._executor.shutdown(wait=False, cancel_futures=True)
 
   def stop(self) -> None:
     if self._stop is not None:
       self._stop.set()
+
+
+@contextlib.contextmanager
+def serve_in_thread(server: PolicyServer, *, start_timeout: float = 600.0):
+  """Runs `server` on a daemon thread with its own event loop and yields it once it listens (after
+  its warm-up compiles); stops it on exit. For notebooks and tests, where the caller's thread must
+  stay free to run clients; `stop()` is not thread-safe, so it is scheduled on the server's loop."""
+  loop = asyncio.new_event_loop()
+  failure: list[BaseException] = []
+
+  def run() -> None:
+    try:
+      loop.run_until_complete(server.serve())
+    except BaseException as error:  # handed to the caller below
+      failure.append(error)
+    finally:
+      loop.close()
+
+  thread = threading.Thread(target=run, name="policy-server", daemon=True)
+  thread.start()
+  deadline = time.monotonic() + start_timeout
+  try:
+    while not server.listening.wait(0.05):
+      if not thread.is_alive():
+        raise RuntimeError("the policy server stopped before listening") from (failure[0] if failure else None)
+      if time.monotonic() > deadline:
+        raise TimeoutError(f"the policy server did not listen within {start_timeout:.0f} s (warm-up included)")
+    yield server
+  finally:
+    if thread.is_alive():
+      with contextlib.suppress(RuntimeError):  # the loop closed in between: already stopped
+        loop.call_soon_threadsafe(server.stop)
+      thread.join(timeout=30)
