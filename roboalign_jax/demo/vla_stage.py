@@ -22,7 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 
@@ -63,10 +63,14 @@ def _require_simulator() -> None:
                        "once with `make sim-metaworld` (or run that yourself before launch/demo.py)")
 
 
-def record(out_dir: str, seeds: str) -> dict[str, Any]:
-  """Expert demonstrations of TASKS on `seeds` -> the recording report (dataset path, success)."""
-  _run([sys.executable, os.path.join(REPO_ROOT, "launch", "record_metaworld.py"), f"--tasks={','.join(TASKS)}",
-        f"--trials={seeds}", f"--out_dir={out_dir}", f"--resolution={RESOLUTION}", "--overwrite"],
+def record(out_dir: str, seeds: str, *, tasks: Sequence[str] | None = None, resolution: int | None = None,
+           sim_python: str | None = None) -> dict[str, Any]:
+  """Expert demonstrations of `tasks` (default TASKS) on `seeds` (launch/record_metaworld.py, the
+  simulator in `sim_python`, default .venv-metaworld) -> the recording report
+  (<out_dir>/metaworld_recording.json: dataset path, episodes_written, expert_success, per_task)."""
+  _run([sys.executable, os.path.join(REPO_ROOT, "launch", "record_metaworld.py"),
+        f"--tasks={','.join(tasks or TASKS)}", f"--trials={seeds}", f"--out_dir={out_dir}",
+        f"--resolution={resolution or RESOLUTION}", f"--sim_python={sim_python or SIM_PYTHON}", "--overwrite"],
        "recording the Meta-World expert", timeout=1800)
   with open(os.path.join(out_dir, "metaworld_recording.json")) as f:
     return json.load(f)
