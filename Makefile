@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast demo clean
+.PHONY: install test test-fast demo clean strip-notebooks
 
 $(STAMP): setup.py
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ demo: $(STAMP) sim-metaworld
 
 clean:
 	rm -rf runs .pytest_cache
+
+# Notebooks are stored without outputs (tests/test_notebooks.py checks it).
+strip-notebooks: $(STAMP)
+	$(VENV)/bin/python tests/notebook_runner.py --strip
 
 # --- LIBERO simulator environment (its own venv: it pins numpy 1.26 / mujoco 2.3.7; no JAX) ----------
 # `make sim-libero` creates .venv-libero once (about 740 MB of wheels, ~1.5 min here; 2.1 GB on disk)

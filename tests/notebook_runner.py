@@ -8,10 +8,15 @@ convention): its defaults are the tiny sizes the tests run; a user points the sa
 checkpoints. `parameters` are assigned in a cell inserted right after it, so tests override a
 workdir or a size without editing the notebook. The notebook collects what it measured in a dict
 named SUMMARY; a cell appended here prints it as JSON, and the test asserts on it.
+
+`python tests/notebook_runner.py --strip` (`make strip-notebooks`) removes the outputs of every
+notebook, as they are stored in git.
 """
 
+import glob
 import json
 import os
+import sys
 import time
 
 import nbformat
@@ -62,3 +67,22 @@ def run_notebook(name: str, parameters: dict | None = None, timeout: float = 900
       if line.startswith(_MARKER):
         return json.loads(line[len(_MARKER):]), seconds
   raise AssertionError(f"{name}.ipynb printed no SUMMARY: {notebook.cells[-1].outputs}")
+
+
+def strip_outputs(path: str) -> bool:
+  """Removes a notebook's outputs and execution counts in place; returns whether anything changed."""
+  notebook = nbformat.read(path, as_version=4)
+  changed = False
+  for cell in notebook.cells:
+    if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None):
+      cell.outputs, cell.execution_count, changed = [], None, True
+  if changed:
+    nbformat.write(notebook, path)
+  return changed
+
+
+if __name__ == "__main__":
+  if sys.argv[1:] != ["--strip"]:
+    sys.exit("usage: python tests/notebook_runner.py --strip   (strips the outputs of notebooks/*.ipynb)")
+  for path in sorted(glob.glob(os.path.join(NOTEBOOK_DIR, "*.ipynb"))):
+    print(("stripped " if strip_outputs(path) else "clean    ") + os.path.relpath(path, REPO_ROOT))
