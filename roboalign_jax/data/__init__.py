@@ -11,8 +11,8 @@ conversion CLI use it (through TFDS).
 from roboalign_jax.data.config import data_config, dataset_entry
 from roboalign_jax.data.errors import DataError, SkipCounter
 from roboalign_jax.data.fixtures import write_fixture
-from roboalign_jax.data.pipeline import make_dataset, make_examples, open_datasets
+from roboalign_jax.data.pipeline import make_dataset, make_examples, open_datasets, open_heldout_datasets
 from roboalign_jax.data.specs import SPECS, get_spec
 
 __all__ = ["DataError", "SPECS", "SkipCounter", "data_config", "dataset_entry", "get_spec", "make_dataset",
-           "make_examples", "open_datasets", "write_fixture"]
+           "make_examples", "open_datasets", "open_heldout_datasets", "write_fixture"]

@@ -69,6 +69,20 @@ def open_datasets(data: ml_collections.ConfigDict, split: str = "train",
   return handles
 
 
+def open_heldout_datasets(data: ml_collections.ConfigDict, train_handles=(), split: str = "train",
+                          counter: SkipCounter | None = None) -> list[DatasetHandle]:
+  """`open_datasets` for held-out data: a dataset named like one of `train_handles` (held-out
+  episodes of a training dataset) takes that dataset's normalisation statistics, so its actions
+  and FAST targets are normalised as the model's training targets were."""
+  trained: dict[str, normalization.DatasetStatistics] = {}
+  for handle in train_handles:
+    trained.setdefault(handle.name, handle.statistics)
+  handles = open_datasets(data, split, counter)
+  for handle in handles:
+    handle.statistics = trained.get(handle.name, handle.statistics)
+  return handles
+
+
 class StepReader:
   """(dataset id, flat step id, global position) -> one example in the common format.
 

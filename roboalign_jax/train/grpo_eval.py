@@ -38,7 +38,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from roboalign_jax.data.pipeline import make_dataset, open_datasets
+from roboalign_jax.data.pipeline import make_dataset, open_heldout_datasets
 from roboalign_jax.models import sampling
 from roboalign_jax.parallel import sharding as sharding_lib
 from roboalign_jax.rl import rewards
@@ -91,11 +91,7 @@ class GRPOValidation:
     held_out = ml_collections.ConfigDict(setup.data.to_dict())
     held_out.update(datasets=[dict(d) for d in options.datasets], conversations=[], augment=False, num_workers=0,
                     global_batch_size=self.batch_size)
-    handles = open_datasets(held_out, split)
-    for handle in handles:
-      same = [h for h in setup.handles if h.name == handle.name]
-      if same:
-        handle.statistics = same[0].statistics
+    handles = open_heldout_datasets(held_out, setup.handles, split)
     # "train" order: the seeded shuffle (prompts spread over episodes); augmentation is off above.
     stream = iter(make_dataset(held_out, "train", handles=handles, process_index=0, process_count=1))
     self.prompts = [grpo.prompts_from_batch(next(stream), gather=False)

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from roboalign_jax.data import transforms
-from roboalign_jax.data.pipeline import make_dataset, open_datasets
+from roboalign_jax.data.pipeline import make_dataset, open_heldout_datasets
 from roboalign_jax.data.samples import Tokenizing, fast_messages, pad_to
 from roboalign_jax.fast import FASTTokenizer
 from roboalign_jax.models import sampling
@@ -54,11 +54,7 @@ def build_eval_set(data: ml_collections.ConfigDict, eval_config: ml_collections.
   held_out.augment = False
   held_out.global_batch_size = eval_config.batch_size
   held_out.num_workers = 0
-  handles = open_datasets(held_out, "train")
-  for handle in handles:
-    trained = [h for h in train_handles if h.name == handle.name]
-    if trained:
-      handle.statistics = trained[0].statistics
+  handles = open_heldout_datasets(held_out, train_handles)
   stream = iter(make_dataset(held_out, "train", handles=handles, process_index=0, process_count=1))
   tokenizing = Tokenizing(held_out.processor_dir, family=held_out.model_family)
   pad_id = tokenizing.processor.pad_token_id

@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from roboalign_jax.data.pipeline import dataset_statistics, default_cache_dir, make_dataset, open_datasets
+from roboalign_jax.data.pipeline import (dataset_statistics, default_cache_dir, make_dataset, open_datasets,
+                                         open_heldout_datasets)
 from roboalign_jax.models import action_head
 from roboalign_jax.models import backbone as backbone_lib
 from roboalign_jax.parallel import mesh as mesh_lib
@@ -255,11 +256,7 @@ def make_heldout_evaluator(options: ml_collections.ConfigDict, setup: VLASetup):
   held_out = ml_collections.ConfigDict(setup.data.to_dict())
   held_out.update(datasets=[dict(d) for d in options.datasets], augment=False, num_workers=0,
                   global_batch_size=int(options.batch_size))
-  handles = open_datasets(held_out, "train")
-  for handle in handles:
-    trained = [h for h in setup.handles if h.name == handle.name]
-    if trained:
-      handle.statistics = trained[0].statistics
+  handles = open_heldout_datasets(held_out, setup.handles)
   stream = iter(make_dataset(held_out, "train", handles=handles, process_index=0, process_count=1))
   batches = [model_batch(next(stream)) for _ in range(int(options.num_batches))]
   actions = np.concatenate([b["actions"] for b in batches])
