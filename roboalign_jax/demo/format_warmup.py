@@ -49,10 +49,10 @@ def loss_fn(params, model, batch, *, prompt_len: int, frame_patches: int):
 
 
 def run(init_dir: str, data: ml_collections.ConfigDict, out_dir: str, *, steps: int, lr: float = 3e-3,
-        response_len: int = 48, reasoning: str = DEFAULT_REASONING, seed: int = 0) -> list[float]:
+        response_len: int = 48, reasoning: str = DEFAULT_REASONING) -> list[float]:
   """Trains the HF model in `init_dir` on `data`'s GRPO prompts (`data.sample == "grpo"`,
   prompts padded to `data.max_seq_len`) answered in the GRPO format; exports to `out_dir`.
-  Returns the loss of every step."""
+  Returns the loss of every step. Deterministic: `data.seed` orders the batches, nothing else is drawn."""
   if data.sample != "grpo" or data.max_seq_len <= 0:
     raise ValueError("format_warmup.run: data must be GRPO prompts (sample='grpo') padded to a fixed max_seq_len")
   if steps < 1:
