@@ -41,7 +41,7 @@ setup(
         "test": [
             "pytest>=8,<10",
             "pytest-timeout>=2.3,<3",
-            # `make test` runs the suite on two workers (one test file each at a time).
+            # `make test TEST_WORKERS=2` runs the suite on two workers (one test file each at a time).
             "pytest-xdist>=3.6,<4",
             "portpicker>=1.6,<2",  # free ports for the multi-process test
             # The CPU build on the developers' disk; used only for parity tests against HF transformers.
