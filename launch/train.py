@@ -39,6 +39,7 @@ def main(argv):
   distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   import jax  # pylint: disable=g-import-not-at-top
   from roboalign_jax.train import registry  # pylint: disable=g-import-not-at-top
+  from roboalign_jax.train.checkpoint import CheckpointError, CheckpointSaveError  # pylint: disable=g-import-not-at-top
 
   config = _CONFIG.value
   workdir = os.path.abspath(_WORKDIR.value)
@@ -49,7 +50,11 @@ def main(argv):
       f.write(config.to_json_best_effort(indent=2))
   logging.info("stage %s, %d processes, %d devices, workdir %s", config.stage,
                jax.process_count(), jax.device_count(), workdir)
-  summary = trainer(config, workdir)
+  try:
+    summary = trainer(config, workdir)
+  except (CheckpointError, CheckpointSaveError) as e:
+    # The message names the step, its directory and what to do; Orbax's stack adds nothing to it.
+    sys.exit(f"error: {e}")
   if jax.process_index() == 0:
     print(json.dumps({"workdir": workdir, **summary}, default=str))
 

@@ -7,6 +7,15 @@ Layout under `<workdir>/checkpoints/<step>/`:
 
 Saving is asynchronous: `save` returns once device arrays are copied to host, while files are
 written in the background; `wait` blocks until the last save is durable (call before exit).
+A save that fails (disk full, quota, a file size limit, ...) raises `CheckpointSaveError` naming the
+step, its directory and the OS error at the next `save` or `wait` -- never silently -- after
+removing its half-written files and leaving every earlier checkpoint in place; the training loop
+lets it stop the run, and a rerun resumes from the newest complete checkpoint.
+
+Orbax writes each step to `<step>.orbax-checkpoint-tmp/` and renames it only once complete, so a
+process killed mid-save leaves a temporary directory that is never read; the first save of the
+next run warns about and removes such leftovers. Old checkpoints beyond `max_to_keep` are
+deleted only after a newer one is complete, so a failed or killed save never costs the last one.
 
 Reading is item by item, so an unreadable checkpoint (a corrupted array file, a metadata JSON
 that does not decode, a step directory without one of its items) raises `CheckpointError` naming
@@ -18,8 +27,10 @@ readable checkpoint with a warning and moves the unreadable ones aside (to
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
 import shutil
 import subprocess
 from typing import Any
@@ -35,6 +46,9 @@ import roboalign_jax
 log = logging.getLogger(__name__)
 
 STATE, DATA_ITER, METADATA = "state", "data_iter", "metadata"
+TMP_MARKER = ".orbax-checkpoint-tmp"  # Orbax's suffix of a step directory still being written
+# errnos meaning "the filesystem has no room for this file"
+_NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
 class CheckpointError(RuntimeError):
@@ -43,6 +57,14 @@ class CheckpointError(RuntimeError):
   def __init__(self, message: str, *, step: int, item: str):
     super().__init__(message)
     self.step, self.item = step, item
+
+
+class CheckpointSaveError(RuntimeError):
+  """A checkpoint that could not be written: names the step, its directory and the cause."""
+
+  def __init__(self, message: str, *, step: int | None, directory: str):
+    super().__init__(message)
+    self.step, self.directory = step, directory
 
 
 def code_version() -> dict[str, str]:
@@ -65,6 +87,8 @@ class Checkpointer:
       raise ValueError(f"config.checkpoint.every_steps={every_steps}; expected a positive integer")
     self.every_steps = every_steps
     self.directory = os.path.abspath(directory)
+    self._pending: int | None = None  # step of the save that may still be writing
+    self._writing = False  # set by the first save: a Checkpointer that only reads removes nothing
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
@@ -84,14 +108,26 @@ class Checkpointer:
   def save(self, step: int, state: Any, *, data_iter: Any = None,
            metadata: dict[str, Any] | None = None, force: bool = False) -> bool:
     """Saves if `step` is on the interval (or `force`) and not already saved. Returns whether it did."""
-    if not (force or self.should_save(step)) or step in self.manager.all_steps():
+    if not (force or self.should_save(step)):
+      return False
+    self.wait()  # an earlier background save that failed raises here, naming its own step
+    if not self._writing:
+      # Not at construction: a reader of a live run's directory must not delete its save in progress.
+      self._remove_unfinished()
+      self._writing = True
+    if step in self.manager.all_steps():
       return False
     items = {STATE: ocp.args.StandardSave(state)}
     if data_iter is not None:
       items[DATA_ITER] = grain.checkpoint.CheckpointSave(data_iter)
     if metadata is not None:
       items[METADATA] = ocp.args.JsonSave(metadata)
-    return self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+    try:
+      saved = self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+    except Exception as error:  # the synchronous part, or all of it when async_save=False
+      self._save_failed(step, error)
+    self._pending = step if saved else None
+    return saved
 
   def step_directory(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
@@ -161,17 +197,74 @@ class Checkpointer:
     return self._restore_item(step, METADATA, ocp.args.JsonRestore())
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    """Blocks until the last save is complete; CheckpointSaveError if it failed."""
+    step, self._pending = self._pending, None
+    try:
+      self.manager.wait_until_finished()
+    except Exception as error:  # raised by Orbax's background thread, e.g. tensorstore OUT_OF_RANGE
+      self._save_failed(step, error)
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
+
+  def _save_failed(self, step: int | None, error: Exception) -> None:
+    """Removes the half-written step, resyncs the manager with the disk and raises a clear error."""
+    # Orbax has already dropped the steps past max_to_keep from its in-memory list (their files are
+    # deleted only after a successful save): re-read the directory so latest_step() is true again.
+    # No barrier here: another process may not have failed, and must not be waited for forever.
+    if jax.process_index() == 0 and step is not None:
+      for name in os.listdir(self.directory):
+        if name.startswith(f"{step}{TMP_MARKER}"):
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)  # frees its space
+    self.manager.reload()
+    latest = self.manager.latest_step()
+    code = _os_errno(error)
+    cause = f"{type(error).__name__}: {_first_line(error)}"
+    if code is not None:
+      cause = f"OS error [Errno {code}] {os.strerror(code)}; {cause}"
+    resume = (f"it resumes from {self.step_directory(latest)}, the newest complete checkpoint"
+              if latest is not None else "it starts over: there is no complete checkpoint yet")
+    advice = ("free space on that filesystem (or raise its quota / file size limit) and run again"
+              if code in _NO_SPACE else "fix the cause and run again")
+    where = self.step_directory(step) if step is not None else self.directory
+    raise CheckpointSaveError(
+        f"could not save the checkpoint of step {step} to {where} ({cause}). The run stops here "
+        f"rather than train on without checkpoints; {advice}: {resume}",
+        step=step, directory=where) from error
+
+  def _remove_unfinished(self) -> None:
+    """Warns about and removes step directories an interrupted save left half-written."""
+    if jax.process_index() == 0 and os.path.isdir(self.directory):
+      leftovers = sorted(n for n in os.listdir(self.directory) if TMP_MARKER in n)
+      if leftovers:
+        log.warning("removing %d unfinished checkpoint(s) left by an interrupted save under %s: %s",
+                    len(leftovers), self.directory, ", ".join(leftovers))
+      for name in leftovers:
+        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+    _sync("checkpoint_remove_unfinished")
 
 
 
 def _first_line(error: Exception) -> str:
   text = str(error).strip()
   return text.splitlines()[0][:300] if text else "no message"
+
+
+def _os_errno(error: BaseException) -> int | None:
+  """The errno behind `error`: an OSError in its chain, or tensorstore's "[os_error_code='N']"."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno:
+      return error.errno
+    match = re.search(r"os_error_code='?(\d+)", str(error))
+    if match:
+      return int(match.group(1))
+    error = error.__cause__ or error.__context__
+  return None
 
 
 def _any_process(flag: bool) -> bool:
