@@ -6,7 +6,8 @@
 
 Concurrent requests are answered in batches of up to --max_batch, gathered for up to
 --max_wait_ms (--max_batch=1: one at a time, like openpi). Messages above --max_message_mb are
-refused by the websocket layer (close 1009). A host other than loopback needs --api_key (clients
+refused by the websocket layer (close 1009); past --max_connections open connections a new one gets
+HTTP 503. A host other than loopback needs --api_key (clients
 send `Authorization: Api-Key <key>`; openpi-client's `api_key=`) unless --insecure.
 """
 
@@ -30,6 +31,9 @@ flags.DEFINE_integer("max_batch", 8, "Most requests answered by one batched forw
 flags.DEFINE_float("max_wait_ms", 5.0, "How long the first request of a batch waits for others to join it.")
 flags.DEFINE_bool("warmup", True, "Compile every batch shape before listening (/healthz answers after that).")
 flags.DEFINE_float("max_message_mb", 64.0, "Largest accepted request, MiB (a 224x224x3 uint8 image is 0.14 MiB).")
+flags.DEFINE_integer("max_connections", 256, "Most open connections; more are refused with HTTP 503 (idle "
+                     "connections are not timed out: openpi's client keeps one for a whole rollout).")
+flags.DEFINE_float("handshake_timeout_s", 10.0, "A connection that has not finished its handshake by then is dropped.")
 
 
 def main(argv):
@@ -39,7 +43,8 @@ def main(argv):
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
   server_args = dict(host=FLAGS.host, port=FLAGS.port, api_key=FLAGS.api_key, insecure=FLAGS.insecure,
                      max_batch=FLAGS.max_batch, max_wait_ms=FLAGS.max_wait_ms,
-                     max_message_bytes=int(FLAGS.max_message_mb * 2 ** 20))
+                     max_message_bytes=int(FLAGS.max_message_mb * 2 ** 20), max_connections=FLAGS.max_connections,
+                     handshake_timeout_s=FLAGS.handshake_timeout_s)
   check_args = dict(server_args)
   del check_args["port"]
   try:  # refuse bad flags (e.g. a public host without a key) before spending time on loading

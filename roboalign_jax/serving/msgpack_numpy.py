@@ -8,7 +8,9 @@ Only plain numeric/bool/byte-string dtypes travel: object arrays would need pick
 here: unpickling a client's bytes runs the client's code), complex and structured (void) dtypes
 have no use in a robot observation and openpi refuses them too. Unpacking checks that the
 declared shape and dtype account for exactly the bytes sent, so a request cannot make the server
-allocate a huge array from a small message.
+allocate a huge array from a small message; zero-size dtypes ('S0', 'a') and dimensions past
+`MAX_DIM` (only an empty array can declare one, e.g. a [0, 2**40, 3] "image", which crashes image
+libraries downstream instead of failing validation) are refused too.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 ARRAY_TAG, SCALAR_TAG = b"__ndarray__", b"__npgeneric__"
 # dtype kinds that cannot be reconstructed from raw bytes safely (O, V) or are never needed (c).
 REFUSED_KINDS = {"O": "object", "V": "structured/void", "c": "complex"}
+MAX_DIM = 2 ** 31 - 1  # what image libraries index with a C int; a real array this long exceeds any message
 
 
 class MessageError(ValueError):
@@ -55,6 +58,8 @@ def _dtype(value: Any, where: str) -> np.dtype:
   except (TypeError, ValueError, UnicodeDecodeError):
     raise MessageError(f"{where}: unknown dtype {value!r}; expected a numpy dtype string such as '<f4'") from None
   _check_dtype(dtype, where)
+  if dtype.itemsize == 0:
+    raise MessageError(f"{where}: dtype {value!r} has zero-size items; expected a numpy dtype string such as '<f4'")
   return dtype
 
 
@@ -70,6 +75,9 @@ def _decode(obj: dict) -> Any:
     if expected != len(data):
       raise MessageError(f"__ndarray__ of shape {tuple(shape)} and dtype {dtype} needs {expected} bytes; "
                          f"the message has {len(data)}")
+    if any(n > MAX_DIM for n in shape):
+      raise MessageError(f"__ndarray__ shape {tuple(shape)} has a dimension over {MAX_DIM}; expected an array that "
+                         "fits in a message")
     return np.frombuffer(data, dtype=dtype).reshape(shape)
   if SCALAR_TAG in obj:
     data = obj.get(b"data")

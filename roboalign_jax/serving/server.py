@@ -16,15 +16,26 @@ Protocol (what openpi's `WebsocketClientPolicy` from PyPI `openpi-client` expect
     1011, as openpi does; other connections are unaffected;
   * `GET /healthz` -> 200 (no key needed, for load balancers / readiness probes).
 
+Faults (tests/test_serving_faults.py injects each): a message over `max_message_bytes` is closed
+with 1009 as soon as its frame header declares the size (nothing is buffered); a handshake not
+completed within `handshake_timeout_s` is dropped; a peer that stops answering websockets' pings
+(every 20 s) is dropped 20 s later. Idle but live connections are not timed out (openpi's client
+holds one connection for a whole rollout and does not reconnect), so the number of open
+connections is capped instead: past `max_connections` the upgrade is refused with 503 and the
+connections already open keep being served (with an API key, only key holders can take a place). Nothing a client sends is ever unpickled.
+
 Auth: with an API key, the websocket upgrade needs the header `Authorization: Api-Key <key>`
 (what openpi-client sends for `api_key=`), else 401. A host other than loopback needs a key
 unless `insecure=True`: a policy server runs a large model for anyone who can reach it.
 
 Dynamic batching (not in openpi): requests from all connections go to one queue; the batcher
 takes the first, waits up to `max_wait_ms` for more (at most `max_batch`, and no longer once
-every open connection has a request in the batch) and answers them with one `Policy.infer_batch`. Inference runs on one worker thread, so the event loop keeps accepting
-and queueing requests while a batch runs. Before listening the server runs `Policy.warmup`, so
-every batch shape is compiled before the first client waits on it.
+every active connection has a request in the batch; a connection is active for `ACTIVE_S` after
+it connected or last asked, so idle connections do not delay anyone) and answers them with one
+`Policy.infer_batch`. If a batch fails inside the model, its requests are run again one by one,
+so a request that crashes the model fails alone. Inference runs on one worker thread, so the
+event loop keeps accepting and queueing requests while a batch runs. Before listening the server
+runs `Policy.warmup`, so every batch shape is compiled before the first client waits on it.
 """
 
 from __future__ import annotations
@@ -50,6 +61,13 @@ from roboalign_jax.serving import msgpack_numpy
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a few 224x224 uint8 images are ~150 KB each
+DEFAULT_MAX_CONNECTIONS = 256  # far above a robot fleet's; well below a process's file descriptor limit
+DEFAULT_HANDSHAKE_TIMEOUT_S = 10.0
+# A connection that neither connected nor sent a request this recently is idle: the batcher does not
+# wait for it (a robot's control loop asks several times a second).
+ACTIVE_S = 1.0
+GATHER_POLL_S = 0.005  # while gathering a batch, how often the number of active connections is re-read
+MAX_ERROR_CHARS = 1000  # an error naming a huge value (a 1 MB prompt list) is cut, in the log and the reply
 HEALTH_PATH = "/healthz"
 ERROR_CLOSE_CODE = 1011  # "internal error": what openpi closes with after sending the error text
 # What a policy's input validation raises for a bad observation (a bad request, not a server fault).
@@ -71,8 +89,15 @@ def error_text(error: BaseException) -> str:
   return f"bad request: {message}"
 
 
+def shorten(text: str) -> str:
+  if len(text) <= MAX_ERROR_CHARS:
+    return text
+  return f"{text[:MAX_ERROR_CHARS]}... ({len(text) - MAX_ERROR_CHARS} more characters)"
+
+
 def check_options(*, host: str, api_key: str | None, insecure: bool, max_batch: int, max_wait_ms: float,
-                  max_message_bytes: int) -> None:
+                  max_message_bytes: int, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                  handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S) -> None:
   """ValueError for options a server must not start with (checked before a policy is loaded)."""
   if not api_key and not insecure and not is_loopback(host):
     raise ValueError(f"host {host!r} is not loopback: set an API key (--api_key) so only clients holding it are "
@@ -80,6 +105,9 @@ def check_options(*, host: str, api_key: str | None, insecure: bool, max_batch: 
   if max_batch < 1 or max_wait_ms < 0 or max_message_bytes < 1:
     raise ValueError(f"max_batch={max_batch}, max_wait_ms={max_wait_ms}, max_message_bytes={max_message_bytes}; "
                      "expected max_batch >= 1, max_wait_ms >= 0, max_message_bytes >= 1")
+  if max_connections < 1 or not handshake_timeout_s > 0:
+    raise ValueError(f"max_connections={max_connections}, handshake_timeout_s={handshake_timeout_s}; expected "
+                     "max_connections >= 1 and handshake_timeout_s > 0")
 
 
 class InferenceError(RuntimeError):
@@ -98,15 +126,20 @@ class PolicyServer:
 
   def __init__(self, policy: Policy, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
                insecure: bool = False, max_batch: int = 8, max_wait_ms: float = 5.0,
-               max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, warmup: bool = True):
+               max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, warmup: bool = True,
+               max_connections: int = DEFAULT_MAX_CONNECTIONS,
+               handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S):
     check_options(host=host, api_key=api_key, insecure=insecure, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                  max_message_bytes=max_message_bytes)
+                  max_message_bytes=max_message_bytes, max_connections=max_connections,
+                  handshake_timeout_s=handshake_timeout_s)
     self.policy, self.host, self.port = policy, host, port
     self.api_key = api_key or None
     self.max_batch, self.max_wait = int(max_batch), max_wait_ms / 1e3
     self.max_message_bytes = int(max_message_bytes)
     self.warmup = warmup
-    self._connections = 0  # open connections that received the metadata
+    self.max_connections, self.handshake_timeout_s = int(max_connections), float(handshake_timeout_s)
+    # Open connections (those that received the metadata) -> when they connected or last sent a request.
+    self._activity: dict[ServerConnection, float] = {}
     self._queue: asyncio.Queue[_Pending] | None = None
     self._stop: asyncio.Event | None = None
     self.listening = threading.Event()  # set while bound (self.port is then the real port)
@@ -123,6 +156,13 @@ class PolicyServer:
         log.warning("refused a connection from %s: missing or wrong API key", connection.remote_address)
         return connection.respond(http.HTTPStatus.UNAUTHORIZED,
                                   "missing or wrong API key; expected the header 'Authorization: Api-Key <key>'\n")
+    # Counted after the handshake, so a burst of simultaneous upgrades may pass the cap by a few.
+    if len(self._activity) >= self.max_connections:
+      log.warning("refused a connection from %s: %d connections open (max_connections)", connection.remote_address,
+                  len(self._activity))
+      return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE,
+                                f"server busy: {len(self._activity)} connections open, the most it serves "
+                                f"(max_connections={self.max_connections}); retry later\n")
     return None
 
   # ---- one connection ------------------------------------------------------------------------
@@ -132,11 +172,20 @@ class PolicyServer:
       await ws.send(msgpack_numpy.packb(self.policy.metadata))
     except websockets.ConnectionClosed:
       return
-    self._connections += 1
+    self._activity[ws] = time.monotonic()
     try:
       await self._serve_connection(ws)
     finally:
-      self._connections -= 1
+      del self._activity[ws]
+
+  @property
+  def open_connections(self) -> int:
+    """Connections being served (handshake done, not yet closed)."""
+    return len(self._activity)
+
+  def _active_connections(self) -> int:
+    since = time.monotonic() - ACTIVE_S
+    return sum(t >= since for t in self._activity.values())
 
   async def _serve_connection(self, ws: ServerConnection) -> None:
     previous_total = None
@@ -146,6 +195,7 @@ class PolicyServer:
       except websockets.ConnectionClosed:
         return
       received = time.perf_counter()
+      self._activity[ws] = time.monotonic()
       try:
         if isinstance(message, str):
           raise msgpack_numpy.MessageError("expected a binary msgpack message; got a text frame")
@@ -170,6 +220,7 @@ class PolicyServer:
       previous_total = (time.perf_counter() - received) * 1e3
 
   async def _refuse(self, ws: ServerConnection, text: str) -> None:
+    text = shorten(text)
     log.info("refused a request from %s: %s", ws.remote_address, text)
     try:
       await ws.send(text)
@@ -190,24 +241,34 @@ class PolicyServer:
       batch = [await self._queue.get()]
       deadline = loop.time() + self.max_wait
       # Each connection has at most one request in flight (openpi's client waits for each answer),
-      # so once every open connection is in the batch nobody else can join: do not wait.
-      while len(batch) < min(self.max_batch, self._connections):
+      # so once every active connection is in the batch nobody else can join: do not wait. The count
+      # is re-read while waiting: a connection that closes or turns idle stops holding the batch.
+      while len(batch) < min(self.max_batch, self._active_connections()):
         remaining = deadline - loop.time()
         try:
           batch.append(self._queue.get_nowait() if remaining <= 0 else
-                       await asyncio.wait_for(self._queue.get(), remaining))
-        except (asyncio.QueueEmpty, asyncio.TimeoutError):
+                       await asyncio.wait_for(self._queue.get(), min(remaining, GATHER_POLL_S)))
+        except asyncio.QueueEmpty:
           break
+        except asyncio.TimeoutError:
+          continue
       started = time.perf_counter()
       try:
-        results = await loop.run_in_executor(self._executor, lambda: self.policy.infer_batch(
-            [p.observation for p in batch], return_errors=True))
-      except Exception as error:  # the whole batch failed: the model's fault, not one request's
-        log.exception("a batch of %d requests failed", len(batch))
-        for pending in batch:
-          if not pending.future.done():
-            pending.future.set_exception(InferenceError(type(error).__name__))
-        continue
+        results = await self._infer(batch)
+      except Exception as error:
+        if len(batch) == 1:
+          log.exception("a request failed inside the model")
+          results = [InferenceError(type(error).__name__)]
+        else:  # one request may have crashed the model: run them one by one so only its own fails
+          log.warning("a batch of %d requests failed (%s: %s); answering them one by one", len(batch),
+                      type(error).__name__, error)
+          results = []
+          for pending in batch:
+            try:
+              results += await self._infer([pending])
+            except Exception as single_error:
+              log.exception("a request failed inside the model")
+              results.append(InferenceError(type(single_error).__name__))
       infer_ms = (time.perf_counter() - started) * 1e3
       for pending, result in zip(batch, results):
         if pending.future.done():
@@ -217,6 +278,10 @@ class PolicyServer:
         else:
           pending.future.set_result((result, {"infer_ms": infer_ms, "batch_size": len(batch),
                                               "queue_ms": (started - pending.queued) * 1e3}))
+
+  async def _infer(self, batch: list[_Pending]) -> list:
+    return await asyncio.get_running_loop().run_in_executor(self._executor, lambda: self.policy.infer_batch(
+        [p.observation for p in batch], return_errors=True))
 
   # ---- lifecycle -------------------------------------------------------------------------------
   async def serve(self) -> None:
@@ -229,7 +294,8 @@ class PolicyServer:
     batcher = asyncio.create_task(self._batcher())
     try:
       async with serve(self._handle, self.host, self.port, process_request=self._process_request,
-                       max_size=self.max_message_bytes, compression=None) as server:
+                       max_size=self.max_message_bytes, compression=None,
+                       open_timeout=self.handshake_timeout_s) as server:
         self.port = server.sockets[0].getsockname()[1]
         self.listening.set()
         host = f"[{self.host}]" if ":" in self.host else self.host
