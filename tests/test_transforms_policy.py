@@ -147,6 +147,11 @@ def test_policy_returns_the_dataset_actions_of_an_oracle_model(libero):
     (lambda r: r.update({"observation/state": np.full(8, np.nan)}), "non-finite"),
     (lambda r: r.update({"prompt": "  "}), "expected a non-empty instruction string"),
     (lambda r: r.pop("prompt"), "expected a non-empty instruction string"),
+    (lambda r: r.update({"prompt": "pick " * 201}), r"observation\['prompt'\] has 1005 characters; expected an "
+     "instruction of at most 1000"),
+    (lambda r: r.update({"observation/image": np.zeros((0, 5, 3), np.uint8)}), "with H, W >= 1"),
+    (lambda r: r.update({"observation/state": np.zeros(8, "m8[s]")}), r"is timedelta64\[s\] \(8,\); expected float"),
+    (lambda r: r.update({"observation/state": np.zeros(8, bool)}), r"is bool \(8,\); expected float"),
 ])
 def test_bad_observations_are_named(libero, change, message):
   handle = libero["handles"][0]

@@ -229,6 +229,9 @@ class RequestInputs(Transform):
   state_key: str
   state_width: int
   prompt_key: str = "prompt"
+  # A robot instruction is a sentence; a longer "prompt" is a mistake or an attack (each new prompt
+  # length a FAST policy sees compiles a new shape on the server's one inference thread).
+  max_prompt_chars: int = 1000
 
   def __call__(self, request: Step) -> Step:
     if not isinstance(request, Mapping):
@@ -239,14 +242,15 @@ class RequestInputs(Transform):
         raise KeyError(f"observation has no {key!r} ({camera} camera); expected uint8 [H, W, 3]; keys: "
                        f"{sorted(request)}")
       image = np.asarray(request[key])
-      if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"observation[{key!r}] is {image.dtype} {image.shape}; expected uint8 [H, W, 3]")
+      if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3 or 0 in image.shape:
+        raise ValueError(f"observation[{key!r}] is {image.dtype} {image.shape}; expected uint8 [H, W, 3] with "
+                         "H, W >= 1")
       out[f"image/{camera}"] = image
     if self.state_key not in request:
       raise KeyError(f"observation has no {self.state_key!r}; expected float [{self.state_width}]; keys: "
                      f"{sorted(request)}")
     state = np.asarray(request[self.state_key])
-    if state.shape != (self.state_width,) or not np.issubdtype(state.dtype, np.number):
+    if state.shape != (self.state_width,) or state.dtype.kind not in "fiu":  # not bool, complex or timedelta
       raise ValueError(f"observation[{self.state_key!r}] is {state.dtype} {state.shape}; expected float "
                        f"[{self.state_width}]")
     if not np.isfinite(state).all():
@@ -254,6 +258,9 @@ class RequestInputs(Transform):
     prompt = request.get(self.prompt_key)
     if not isinstance(prompt, str) or not prompt.strip():
       raise ValueError(f"observation[{self.prompt_key!r}] is {prompt!r}; expected a non-empty instruction string")
+    if len(prompt) > self.max_prompt_chars:
+      raise ValueError(f"observation[{self.prompt_key!r}] has {len(prompt)} characters; expected an instruction of "
+                       f"at most {self.max_prompt_chars}")
     out["state"] = state.astype(np.float32)
     out["instruction"] = prompt.strip()
     return out
