@@ -22,7 +22,8 @@ completed within `handshake_timeout_s` is dropped; a peer that stops answering w
 (every 20 s) is dropped 20 s later. Idle but live connections are not timed out (openpi's client
 holds one connection for a whole rollout and does not reconnect), so the number of open
 connections is capped instead: past `max_connections` the upgrade is refused with 503 and the
-connections already open keep being served (with an API key, only key holders can take a place). Nothing a client sends is ever unpickled.
+connections already open keep being served (with an API key, only key holders can take a place).
+Nothing a client sends is ever unpickled.
 
 Auth: with an API key, the websocket upgrade needs the header `Authorization: Api-Key <key>`
 (what openpi-client sends for `api_key=`), else 401. A host other than loopback needs a key
