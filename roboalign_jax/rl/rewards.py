@@ -13,6 +13,11 @@ Rewards are pluggable: `config.grpo.reward` names an entry of REWARDS, a functio
 what the prompt builder attached to the prompt (`{"fast_ids": [...]}` for "roboalign"; a letter
 for multiple-choice or a 2-D trajectory for the paper's ablations would be other payloads read
 by other entries). The trainer logs `reward` (overall) and `<component>_reward` per component.
+
+Degenerate inputs score 0, never raise or give NaN: an empty target (`{"fast_ids": []}`, `""` or
+None: `is_empty_target`, which the trainer counts and leaves out of the update), an empty response,
+and a response cut off at the token limit (no end-of-turn token: the format check reads the text
+as it is, so a cut-off answer fails it; the accuracy counts the action ids generated so far).
 """
 
 from __future__ import annotations
@@ -64,8 +69,8 @@ def format_reward(text: str) -> float:
 def accuracy_reward(generated_action_ids: Sequence[int], target_action_ids: Sequence[int]) -> float:
   """Paper Eq. 2: longest common prefix of the FAST-id sequences / len(target), in [0, 1].
 
-  0 when the first ids differ, nothing was generated or the target is empty; ids generated
-  past the target's length do not lower it. Inputs: int [n] and int [m] (lists or arrays).
+  0 when the first ids differ, nothing was generated or the target is empty (`[]`, `""` or None);
+  ids generated past the target's length do not lower it. Inputs: int [n] and int [m] (lists or arrays).
   """
   generated = _ids(generated_action_ids, "generated_action_ids")
   target = _ids(target_action_ids, "target_action_ids")
@@ -118,6 +123,19 @@ def roboalign_score(response: ParsedResponse, target: Mapping[str, Any]) -> dict
   return roboalign_reward(response.text, response.action_ids, target["fast_ids"])
 
 
+def is_empty_target(target: Any) -> bool:
+  """True when a target payload holds no ground truth to score against: None, an empty string or
+  sequence, or a mapping whose values are all such (`{"fast_ids": []}`). A plain sequence stands
+  for `{"fast_ids": ...}`, as in `score_responses`."""
+  if isinstance(target, Mapping):
+    return all(is_empty_target(v) for v in target.values())
+  if target is None:
+    return True
+  if isinstance(target, (str, bytes)):
+    return len(target) == 0
+  return np.size(target) == 0 if isinstance(target, (Sequence, np.ndarray)) else False
+
+
 RewardFn = Callable[[ParsedResponse, Mapping[str, Any]], Mapping[str, float]]
 # config.grpo.reward -> the function scoring one response; every result holds "overall".
 REWARDS: dict[str, RewardFn] = {"roboalign": roboalign_score}
@@ -159,6 +177,10 @@ def score_responses(tokens, mask, targets: Sequence[Any], tokenizer: Any, action
 
 
 def _ids(values, name: str) -> np.ndarray:
+  if values is None or (isinstance(values, (str, bytes)) and not values):
+    values = []  # no ids given: an empty target or generation, which scores 0
+  elif isinstance(values, (str, bytes)):
+    raise ValueError(f"{name}: expected a 1-D sequence of integer FAST ids, got the string {values[:40]!r}")
   array = np.asarray(values)
   if array.size == 0:
     return array.reshape(0).astype(np.int64)

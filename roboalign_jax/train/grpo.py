@@ -13,6 +13,15 @@ One step = one rollout batch of `data.global_batch_size` prompts:
      optimiser step per update (token-mean loss over the whole update, gradients summed over
      micro-batches); an update with a non-finite gradient norm is skipped and counted.
 
+Degenerate batches have defined outcomes, each counted in the step's record and logged as a warning:
+a prompt longer than `data.max_seq_len` (`PromptCollate` keeps the batch's shape; `prompts_too_long`)
+or with an empty target (no ground truth to score; `empty_targets`) is left out of the update and of
+the reward means, and a batch with no usable prompt raises; a batch whose groups all have equal
+rewards (every advantage 0) is counted (`zero_advantage_batch` = 1): with online filtering it takes
+no optimiser step (`updates` = 0, `optimizer_steps` unchanged), without it the update moves the
+policy only through the KL term and weight decay, as EasyR1's does; every response cut at `rollout.max_new_tokens` without an end-of-turn
+token is scored by the reward's rules (the format check fails) and logged (`response_truncated` = 1).
+
 `train.num_steps` rollout batches make one epoch over `grpo.num_prompts` prompts unless set.
 The shared loop (`train/loop.py`) runs the rollout batches: checkpoints (every
 `checkpoint.every_steps` rollout batches, and on SIGTERM) hold the policy's train state and the
@@ -41,6 +50,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
+from roboalign_jax.data import samples as samples_lib
 from roboalign_jax.data.pipeline import dataset_statistics, make_dataset, open_datasets
 from roboalign_jax.models import backbone as backbone_lib
 from roboalign_jax.models import sampling
@@ -114,6 +124,55 @@ class Prompts:
   pixel_values: np.ndarray    # float32 [B, P, 1176]
   image_grid_thw: np.ndarray  # int32 [B, 3]
   targets: list[dict]         # B target payloads for the reward (e.g. {"fast_ids": [...]})
+  # int32 [B], each prompt's true token count; one over T marks a prompt `PromptCollate` replaced
+  # (too long to train on). None: every prompt fits.
+  prompt_lengths: np.ndarray | None = None
+  instructions: list[str] | None = None  # B instructions, to name skipped prompts in warnings
+
+  def left_out(self) -> tuple[np.ndarray, np.ndarray]:
+    """(too_long, empty_target), bool [B] each: prompts the update leaves out."""
+    b, t = self.input_ids.shape
+    lengths = np.zeros(b, np.int64) if self.prompt_lengths is None else np.asarray(self.prompt_lengths)
+    return lengths > t, np.array([rewards.is_empty_target(x) for x in self.targets], bool)
+
+  def describe(self, i: int) -> str:
+    name = f"prompt {i}"
+    if self.instructions is not None:
+      name += f" ({self.instructions[i]!r})"
+    return name
+
+
+# Model inputs of a prompt sample, which `PromptCollate` swaps out for a too-long prompt.
+PROMPT_INPUT_KEYS = ("input_ids", "pixel_values", "image_grid_thw")
+
+
+class PromptCollate:
+  """The GRPO prompt builder's collate, keeping a batch when one of its prompts is too long.
+
+  The builder pads prompts to `config.data.max_seq_len` and raises on a longer one, which would end
+  a run at the first long instruction. Here a too-long prompt's model inputs are replaced by those
+  of the batch's first prompt that fits, so every batch keeps its compiled shape, and
+  `prompt_length` (int32 [B], the true token counts) lets the trainer leave the replaced rows out
+  of the update, counted (`prompts_too_long`) and named in a warning. Instruction and target stay
+  the prompt's own. A batch none of whose prompts fit raises, naming the lengths and the limit.
+  """
+
+  def __init__(self, builder, max_seq_len: int):
+    self.builder, self.max_seq_len = builder, int(max_seq_len)
+
+  def __call__(self, items: list[dict]) -> dict:
+    lengths = np.array([len(s["input_ids"]) for s in items], np.int32)
+    fits = lengths <= self.max_seq_len
+    if not fits.any():
+      raise ValueError(f"every prompt of this GRPO batch is longer than config.data.max_seq_len={self.max_seq_len} "
+                       f"tokens (prompt lengths {lengths.tolist()}, first instruction "
+                       f"{items[0].get('instruction')!r}); raise config.data.max_seq_len")
+    donor = items[int(np.argmax(fits))]
+    items = [s if ok else {**s, **{k: donor[k] for k in PROMPT_INPUT_KEYS if k in donor}}
+             for s, ok in zip(items, fits)]
+    batch = self.builder.collate(items)
+    batch["prompt_length"] = lengths
+    return batch
 
 
 def _allgather(x: np.ndarray) -> np.ndarray:
@@ -153,9 +212,14 @@ def prompts_from_batch(batch: dict[str, Any], *, gather: bool = True) -> Prompts
   patches = int(np.prod(grid[0]))
   pixels = np.asarray(batch["pixel_values"], np.float32).reshape(b, patches, -1)
   rows, objects = (_allgather, _allgather_objects) if gather else (np.asarray, list)
+  lengths = batch.get("prompt_length")
+  lengths = np.asarray(batch["attention_mask"]).sum(1) if lengths is None else lengths
+  instructions = batch.get("instruction")
   return Prompts(input_ids=rows(np.asarray(batch["input_ids"], np.int32)),
                  attention_mask=rows(np.asarray(batch["attention_mask"], np.int32)),
-                 pixel_values=rows(pixels), image_grid_thw=rows(grid), targets=objects(list(batch["target"])))
+                 pixel_values=rows(pixels), image_grid_thw=rows(grid), targets=objects(list(batch["target"])),
+                 prompt_lengths=rows(np.asarray(lengths, np.int32)),
+                 instructions=None if instructions is None else objects([str(x) for x in instructions]))
 
 
 def informative_samples(rewards_: np.ndarray, group_size: int) -> np.ndarray:
@@ -345,11 +409,91 @@ def build(config: ml_collections.ConfigDict, mesh, *, data: ml_collections.Confi
 
 
 # ---- one rollout batch ---------------------------------------------------------------------------
+@dataclasses.dataclass
+class RolloutPlan:
+  """What a scored rollout batch trains on, and its record (`plan_update`)."""
+  advantages: np.ndarray  # float32 [B*G]
+  keep: np.ndarray        # int [R]: the samples the updates take, in rollout order (empty: no update)
+  record: dict[str, float]
+  warnings: list[str]     # what was degenerate about the batch, for the log
+
+
+def check_prompts(prompts: Prompts, max_seq_len: int) -> tuple[np.ndarray, list[str]]:
+  """bool [B], the prompts a rollout batch can train on, and a warning per kind left out.
+
+  Raises when none is left: the batch would teach nothing, and the cause (a max_seq_len below
+  every prompt, targets the FAST tokenizer left empty) is the data's or the config's.
+  """
+  too_long, empty = prompts.left_out()
+  usable = ~(too_long | empty)
+  lengths = prompts.prompt_lengths
+  named = lambda flags, detail: ", ".join(prompts.describe(i) + detail(i) for i in np.flatnonzero(flags)[:4]) + (
+      ", ..." if flags.sum() > 4 else "")
+  if not usable.any():
+    raise ValueError(f"none of the {usable.size} prompts of this rollout batch can be trained on: "
+                     f"{int(too_long.sum())} longer than config.data.max_seq_len={max_seq_len} tokens, "
+                     f"{int(empty.sum())} with an empty target ({named(too_long | empty, lambda i: '')}); "
+                     "raise config.data.max_seq_len or check the targets' FAST ids")
+  warnings = []
+  if too_long.any():
+    warnings.append(f"{int(too_long.sum())} prompt(s) longer than config.data.max_seq_len={max_seq_len} tokens "
+                    f"left out of the update (prompts_too_long): "
+                    f"{named(too_long, lambda i: f' has {int(lengths[i])} tokens')}")
+  if empty.any():
+    warnings.append(f"{int(empty.sum())} prompt(s) with an empty target (no ground-truth FAST ids to score "
+                    f"against) left out of the update (empty_targets): {named(empty, lambda i: '')}")
+  return usable, warnings
+
+
+def plan_update(scores: dict[str, np.ndarray], tokens: np.ndarray, mask: np.ndarray, *, usable: np.ndarray,
+                num_samples: int, online_filtering: bool, eos_ids, max_new_tokens: int) -> RolloutPlan:
+  """Advantages, the kept samples and the record of a scored rollout batch (host arrays).
+
+  scores: `rewards.score_responses`' arrays [B*G]; tokens / mask: the rollout's [B*G, N];
+  usable: bool [B] from `check_prompts`. Rows of unusable prompts count nowhere: not in the
+  reward means, not in the update. When no usable group's rewards differ, every advantage is 0
+  (`zero_advantage_batch` = 1): online filtering then keeps no sample and the caller takes no
+  optimiser step; without it every usable sample is kept, as EasyR1 does (the step has only the
+  KL term and weight decay).
+  """
+  g = num_samples
+  rows = np.repeat(np.asarray(usable, bool), g)
+  advantages = np.asarray(grpo_lib.group_advantages(scores["overall"], g), np.float32)
+  informative = informative_samples(scores["overall"], g) & rows
+  keep_rows = informative if online_filtering else rows
+  zero_advantage = not informative.any()
+  keep = np.flatnonzero(keep_rows)
+  # Reached max_new_tokens without an end-of-turn token.
+  truncated = mask[:, -1].astype(bool) & ~np.isin(tokens[:, -1], np.asarray(eos_ids))
+  record = {"reward": float(scores["overall"][rows].mean())}
+  record.update({f"{k}_reward": float(v[rows].mean()) for k, v in scores.items() if k not in ("overall", "length")})
+  record.update({
+      "response_length": float(scores["length"][rows].mean()),
+      "response_truncated": float(truncated[rows].mean()),
+      "informative_groups": float(informative[rows].reshape(-1, g)[:, 0].mean()),
+      "zero_advantage_batch": float(zero_advantage)})
+  warnings = []
+  if record["response_truncated"] == 1.0:
+    warnings.append(f"every response reached rollout.max_new_tokens={max_new_tokens} without an end-of-turn "
+                    "token (response_truncated=1.0); the reward scores them as they are (a cut-off answer fails "
+                    "the format check)")
+  if zero_advantage:
+    values = np.unique(scores["overall"][rows])
+    shown = ", ".join(f"{v:.4g}" for v in values[:4]) + (", ..." if values.size > 4 else "")
+    outcome = ("online filtering keeps no group, so no optimiser step is taken (updates=0)" if online_filtering
+               else "the update moves the policy only through the KL term and weight decay, as EasyR1's does "
+                    "(grpo.online_filtering=True skips such batches)")
+    warnings.append(f"every group's {g} rewards are equal (rewards {shown}), so every advantage is 0 "
+                    f"(zero_advantage_batch=1); {outcome}")
+  return RolloutPlan(advantages, keep, record, warnings)
+
+
 def rollout_step(config, setup: GRPOSetup, mesh, state: TrainState, prompts: Prompts, step: int):
   """Steps 1-5 of the module docstring for one rollout batch: returns the advanced state and the
   step's metrics record."""
   started = time.perf_counter()
-  g, r = config.grpo, config.rollout
+  usable, prompt_warnings = check_prompts(prompts, config.data.max_seq_len)
+  r = config.rollout
   rules = sharding_lib.as_rules(config.sharding.rules)
   replicated = sharding_lib.replicated(mesh)
   backbone = setup.backbone
@@ -363,24 +507,34 @@ def rollout_step(config, setup: GRPOSetup, mesh, state: TrainState, prompts: Pro
                           suppress_token_ids=backbone.vision_token_ids)
   host = sharding_lib.host_array
   tokens, mask, sampled_logp = host(out.tokens), host(out.mask), host(out.logprobs)
-  rollout_seconds = time.perf_counter() - started
+  return learn_from_rollout(config, setup, mesh, state, prompts, tokens, mask, sampled_logp, step,
+                            usable=usable, prompt_warnings=prompt_warnings, started=started,
+                            rollout_seconds=time.perf_counter() - started)
 
+
+def learn_from_rollout(config, setup: GRPOSetup, mesh, state: TrainState, prompts: Prompts, tokens, mask,
+                       sampled_logp, step: int, *, usable=None, prompt_warnings=(), started=None,
+                       rollout_seconds: float = 0.0):
+  """Steps 2-5 on a rollout's host arrays (tokens / mask [B*G, N], sampled_logp f32 [B*G, N]):
+  returns the advanced state and the step's record."""
+  started = time.perf_counter() if started is None else started
+  if usable is None:
+    usable, prompt_warnings = check_prompts(prompts, config.data.max_seq_len)
+  g, r = config.grpo, config.rollout
+  backbone = setup.backbone
+  host = sharding_lib.host_array
   targets = [t for t in prompts.targets for _ in range(r.num_samples)]
   scores = rewards.score_responses(tokens, mask, targets, backbone.tokenizer, backbone.action_vocab, g.reward)
-  advantages = np.asarray(grpo_lib.group_advantages(scores["overall"], r.num_samples))
-  informative = informative_samples(scores["overall"], r.num_samples)
-  keep = np.flatnonzero(informative) if g.online_filtering else np.arange(tokens.shape[0])
-
-  record = {"reward": scores["overall"].mean()}
-  record.update({f"{k}_reward": v.mean() for k, v in scores.items() if k not in ("overall", "length")})
-  record.update({
-      "response_length": scores["length"].mean(),
-      # Reached max_new_tokens without an end-of-turn token.
-      "response_truncated": float((mask[:, -1] & ~np.isin(tokens[:, -1], setup.eos_ids)).mean()),
-      "informative_groups": float(informative.reshape(-1, r.num_samples)[:, 0].mean()),
-      "rollout_seconds": rollout_seconds})
+  plan = plan_update(scores, tokens, mask, usable=usable, num_samples=r.num_samples,
+                     online_filtering=g.online_filtering, eos_ids=setup.eos_ids, max_new_tokens=r.max_new_tokens)
+  too_long, empty = prompts.left_out()
+  record = {**plan.record, "prompts_too_long": float(too_long.sum()), "empty_targets": float(empty.sum()),
+            "rollout_seconds": rollout_seconds}
+  for message in [*prompt_warnings, *plan.warnings]:
+    log.warning("GRPO rollout batch %d: %s", step, message)
+  keep = plan.keep
   logprobs, update = setup.functions(int(np.prod(prompts.image_grid_thw[0, 1:])))
-  updates = split_updates(training_rows(prompts, tokens, mask, advantages, sampled_logp, keep, r.num_samples),
+  updates = split_updates(training_rows(prompts, tokens, mask, plan.advantages, sampled_logp, keep, r.num_samples),
                           g.update_batch_size) if keep.size else []
   # Old (and reference) log-probs of every update before the first optimiser step changes params.
   batches = []
@@ -438,7 +592,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   data = ml_collections.ConfigDict(config.data.to_dict())
   data.processor_dir = data.processor_dir or config.model.init_dir
   handles = open_datasets(data, "train")
-  data_iter = iter(make_dataset(data, "train", handles=handles))
+  # Too-long prompts are left out of the update instead of ending the run (`PromptCollate`).
+  collate = PromptCollate(samples_lib.make_builder(data), data.max_seq_len)
+  data_iter = iter(make_dataset(data, "train", handles=handles, collate_fn=collate))
   setup = build(config, mesh, data=data, handles=handles)
   step = lambda state, batch, n: rollout_step(config, setup, mesh, state, prompts_from_batch(batch), n)
   return loop.run(config, workdir, mesh, loop.Stage(
