@@ -7,7 +7,9 @@ scored against its own prompt's target (responses equal to the targets score 1).
 
 The learning signal on the validation prompts is asserted by test_grpo_trainer.py."""
 
+import dataclasses
 import hashlib
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -176,7 +178,8 @@ def test_each_response_is_scored_against_its_own_prompts_target(world, monkeypat
   monkeypatch.setattr(grpo_eval.sampling, "generate", oracle(0))
   right = ev(state, 0)
   assert right["val/accuracy_reward"] == 1.0 and right["val/format_reward"] == 1.0 and right["val/reward"] == 1.0
-  assert set(right) == {"val/reward", "val/accuracy_reward", "val/format_reward", "val/response_length"}
+  assert set(right) == {"val/reward", "val/accuracy_reward", "val/format_reward", "val/response_length",
+                        "val/prompts_left_out"} and right["val/prompts_left_out"] == 0
   lengths = [len(format_warmup.response_ids(t["fast_ids"], backbone.tokenizer, backbone.action_vocab))
              for t in ev.targets()]
   assert right["val/response_length"] == pytest.approx(np.mean(lengths))
@@ -186,3 +189,46 @@ def test_each_response_is_scored_against_its_own_prompts_target(world, monkeypat
   want = np.mean([rewards.accuracy_reward(p.targets[(b + 1) % len(p.targets)]["fast_ids"], p.targets[b]["fast_ids"])
                   for p in ev.prompts for b in range(len(p.targets))])
   assert wrong["val/format_reward"] == 1.0 and wrong["val/accuracy_reward"] == pytest.approx(want) and want < 1.0
+
+
+def test_too_long_held_out_prompts_are_sampled_but_left_out_of_the_means(world, monkeypatch, caplog, tmp_path):
+  """A held-out prompt longer than data.max_seq_len keeps its batch's shape (grpo.PromptCollate),
+  is named in a warning and counted, and its responses do not enter the means."""
+  setup, state = world["setup"], world["setup"].state
+  # Episodes of several instructions (the shared held-out set has one, so one prompt length).
+  options = ml_collections.ConfigDict(world["config"].evals.validation.to_dict())
+  options.datasets = [data.dataset_entry("bridge", data.write_fixture("bridge", str(tmp_path / "heldout"), 4, 2,
+                                                                      episode_length=(20, 24)))]
+  options.batch_size = NUM_PROMPTS  # one generation batch: it needs only one prompt under the limit
+  lengths = [p.prompt_lengths for p in grpo_eval.make_evaluator(options, setup).prompts]
+  # The largest limit each generation batch still has a prompt under, so every batch keeps one.
+  limit = max(int(batch.min()) for batch in lengths)
+  too_long = np.concatenate(lengths) > limit
+  assert too_long.any(), f"the fixture's held-out prompts all fit {limit} tokens: {lengths}"
+  shorter = dataclasses.replace(setup, data=ml_collections.ConfigDict({**setup.data.to_dict(), "max_seq_len": limit}))
+  with caplog.at_level(logging.WARNING, logger="roboalign_jax.train.grpo_eval"):
+    ev = grpo_eval.make_evaluator(options, shorter)
+  np.testing.assert_array_equal(ev.usable, ~too_long)
+  assert ev.prompts[0].input_ids.shape[1] == limit
+  assert f"longer than config.data.max_seq_len={limit} tokens left out of the validation means" in caplog.text
+  backbone, n = ev.backbone, world["config"].rollout.max_new_tokens
+  calls = iter(ev.prompts)
+
+  def generate(model, params, input_ids, *args, num_samples, pad_token_id, **kw):
+    """Each usable prompt answered with its own target; the left-out ones with nothing (reward 0)."""
+    prompts = next(calls)
+    usable = grpo.check_prompts(prompts, limit)[0]
+    tokens = np.full((len(prompts.targets) * num_samples, n), pad_token_id, np.int32)
+    mask = np.zeros(tokens.shape, bool)
+    for b in np.flatnonzero(usable):
+      ids = format_warmup.response_ids(prompts.targets[b]["fast_ids"], backbone.tokenizer, backbone.action_vocab)[:n]
+      tokens[b * num_samples:(b + 1) * num_samples, :len(ids)] = ids
+      mask[b * num_samples:(b + 1) * num_samples, :len(ids)] = True
+    return Rollout(tokens=jnp.asarray(tokens), logprobs=jnp.zeros(tokens.shape), mask=jnp.asarray(mask),
+                   num_steps=jnp.int32(n))
+
+  monkeypatch.setattr(grpo_eval.sampling, "generate", generate)
+  values = ev(state, 0)
+  assert values["val/reward"] == values["val/accuracy_reward"] == values["val/format_reward"] == 1.0
+  assert values["val/prompts_left_out"] == too_long.sum()
+

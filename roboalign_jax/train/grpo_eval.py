@@ -24,7 +24,10 @@ temperature 0.6, top_p 0.95, n 1). Here:
   metrics   means over the prompts x samples of the GRPO reward (`config.grpo.reward`):
             val/reward (the overall reward: EasyR1's val/reward_score), val/<component>_reward
             for each component the reward reports (val/accuracy_reward, val/format_reward for
-            "roboalign") and val/response_length (tokens up to and including EOS).
+            "roboalign") and val/response_length (tokens up to and including EOS). A held-out
+            prompt longer than `data.max_seq_len` or with an empty target is sampled (its batch
+            keeps its shape, see `grpo.PromptCollate`) but left out of the means: counted in
+            val/prompts_left_out and named in a warning when the set is read.
 
 `every` counts rollout batches (EasyR1's val_freq); `before_train` logs the starting policy's
 values at step 0 of a run that starts from scratch (a resumed run does not repeat it).
@@ -32,17 +35,21 @@ values at step 0 of a run that starts from scratch (a resumed run does not repea
 
 from __future__ import annotations
 
+import logging
 import os
 
 import jax
 import ml_collections
 import numpy as np
 
+from roboalign_jax.data import samples as samples_lib
 from roboalign_jax.data.pipeline import make_dataset, open_heldout_datasets
 from roboalign_jax.models import sampling
 from roboalign_jax.parallel import sharding as sharding_lib
 from roboalign_jax.rl import rewards
 from roboalign_jax.train import grpo
+
+log = logging.getLogger(__name__)
 
 DEFAULTS = dict(datasets=(), split="train", num_prompts=16, batch_size=0, num_samples=1, temperature=0.6,
                 top_p=0.95, seed=0, max_new_tokens=0)
@@ -93,9 +100,18 @@ class GRPOValidation:
                     global_batch_size=self.batch_size)
     handles = open_heldout_datasets(held_out, setup.handles, split)
     # "train" order: the seeded shuffle (prompts spread over episodes); augmentation is off above.
-    stream = iter(make_dataset(held_out, "train", handles=handles, process_index=0, process_count=1))
+    collate = grpo.PromptCollate(samples_lib.make_builder(held_out), held_out.max_seq_len)
+    stream = iter(make_dataset(held_out, "train", handles=handles, process_index=0, process_count=1,
+                               collate_fn=collate))
     self.prompts = [grpo.prompts_from_batch(next(stream), gather=False)
                     for _ in range(self.num_prompts // self.batch_size)]
+    usable = []
+    for prompts in self.prompts:
+      ok, warnings = grpo.check_prompts(prompts, held_out.max_seq_len)
+      usable.append(ok)
+      for message in warnings:
+        log.warning("grpo_validation: %s", message.replace("the update", "the validation means"))
+    self.usable = np.concatenate(usable)  # bool [num_prompts]: the prompts the means count
     self.key = jax.random.PRNGKey(int(_option(options, "seed")))
     self.reward = config.grpo.reward
     self.backbone, self.eos_ids = setup.backbone, setup.eos_ids
@@ -129,9 +145,12 @@ class GRPOValidation:
     tokens, mask = self.sample(state.params)
     scores = rewards.score_responses(tokens, mask, self.targets(), self.backbone.tokenizer,
                                      self.backbone.action_vocab, self.reward)
-    result = {"val/reward": float(scores["overall"].mean())}
-    result.update({f"val/{k}_reward": float(v.mean()) for k, v in scores.items() if k not in ("overall", "length")})
-    result["val/response_length"] = float(scores["length"].mean())
+    rows = np.repeat(self.usable, self.num_samples)
+    result = {"val/reward": float(scores["overall"][rows].mean())}
+    result.update({f"val/{k}_reward": float(v[rows].mean()) for k, v in scores.items()
+                   if k not in ("overall", "length")})
+    result["val/response_length"] = float(scores["length"][rows].mean())
+    result["val/prompts_left_out"] = float((~self.usable).sum())
     return result
 
 
