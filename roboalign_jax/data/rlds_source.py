@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from roboalign_jax.data.specs.common import DatasetSpec, RawEpisode, StandardEpi
 
 log = logging.getLogger(__name__)
 _WARNED_SIZES: set[tuple[str, str]] = set()
+_OPEN_LOCK = threading.Lock()  # see RLDSSource._data_source
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -116,15 +118,20 @@ class RLDSSource:
                     " (any size)" if None in shape else "", tuple(published), self.spec.name)
   def _data_source(self):
     if self._source is None:
-      import tensorflow_datasets as tfds  # lazy: heavy, needed only for its builder and feature classes
-      skip = {}
-      for path in getattr(self, "_image_paths", []):
-        node = skip
-        parts = path.split("/")
-        for part in parts[:-1]:
-          node = node.setdefault(part, {})
-        node[parts[-1]] = tfds.decode.SkipDecoding()
-      self._source = self._builder().as_data_source(self.split, decoders={"steps": skip} if skip else None)
+      # One reader thread opens it; the others wait. In a fresh Grain worker two threads resolving
+      # tfds' lazy (etils) imports at once deadlock on Python 3.11: one holds functools.cached_property's
+      # lock and waits for the import lock, the other the reverse (the worker then never answers).
+      with _OPEN_LOCK:
+        if self._source is None:
+          import tensorflow_datasets as tfds  # lazy: heavy, needed only for its builder and feature classes
+          skip = {}
+          for path in getattr(self, "_image_paths", []):
+            node = skip
+            parts = path.split("/")
+            for part in parts[:-1]:
+              node = node.setdefault(part, {})
+            node[parts[-1]] = tfds.decode.SkipDecoding()
+          self._source = self._builder().as_data_source(self.split, decoders={"steps": skip} if skip else None)
     return self._source
 
   def __getstate__(self):
