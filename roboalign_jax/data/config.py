@@ -36,6 +36,9 @@ def data_config(datasets: Sequence[dict] = (), **overrides: Any) -> ml_collectio
   config.cache_episodes = 48  # per worker; keep >= shuffle_block_episodes
   config.skip_bad_records = False  # True: leave out bad episodes (counted, warned) instead of failing
   config.num_workers = 0  # Grain worker processes (0 = in the main process)
+  # With workers: seconds without a batch (start-up included) before next() raises WorkerTimeout
+  # naming the workers, instead of waiting forever on a stalled one (0 = wait forever).
+  config.worker_timeout_s = 600.0
   config.num_threads = 2  # reader threads per process (or per worker)
   config.prefetch_buffer = 2  # batches read ahead
   # What a sample is: "standard" (common format), "vla", "fast_sft" or "grpo" (see samples.py).

@@ -2,7 +2,7 @@
 
     index -> order (seeded, per epoch) -> mix (weights) -> batch of global positions
       -> this process's rows -> read + standardise + chunk + normalise + images -> sample builder
-      -> collate -> [worker processes] -> iterator (its state goes into checkpoints)
+      -> collate -> [worker processes, watched: workers.py] -> iterator (its state goes into checkpoints)
 
 Process p of P takes rows [p*b, (p+1)*b) of every global batch (b = global / P), so the global
 order is the same for any number of processes and `jax.make_array_from_process_local_data`
@@ -22,7 +22,8 @@ from absl import flags
 import ml_collections
 import numpy as np
 
-from roboalign_jax.data import chunking, image_transforms, mixture, normalization, samples, step_index, transforms
+from roboalign_jax.data import (chunking, image_transforms, mixture, normalization, samples, step_index, transforms,
+                                workers)
 from roboalign_jax.data.conversations import ConversationSource
 from roboalign_jax.data.errors import SkipCounter
 from roboalign_jax.data.ordering import StepOrder
@@ -30,6 +31,7 @@ from roboalign_jax.data.rlds_source import RLDSSource
 from roboalign_jax.data.specs import get_spec
 
 EPOCHS = 10**6  # "forever" for training; Grain's mix needs finite parents
+DEFAULT_WORKER_TIMEOUT_S = 600.0  # for configs made before data_config had worker_timeout_s
 
 
 def default_cache_dir() -> str:
@@ -247,6 +249,10 @@ def make_dataset(data: ml_collections.ConfigDict, split: str = "train", *, proce
       flags.FLAGS.mark_as_parsed()
     stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers,
                                                              per_worker_buffer_size=data.prefetch_buffer))
+    # Unlinks each batch's shared memory on arrival and raises (naming the worker) on a dead or
+    # stalled worker instead of waiting forever; see workers.py.
+    stream = workers.watch_workers(stream, num_workers=data.num_workers,
+                                   timeout_s=data.get("worker_timeout_s", DEFAULT_WORKER_TIMEOUT_S))
   return stream
 
 
