@@ -22,12 +22,11 @@ $(STAMP): setup.py
 install: $(STAMP)
 
 # Whole suite, slow end-to-end tests included (CPU only; 8 emulated devices for mesh tests).
-# TEST_WORKERS=2 runs it on two pytest-xdist processes, each taking whole test files (module
-# fixtures such as a recorded simulator dataset are built once); most tests leave a core idle
-# (compiles, subprocesses, simulators). Not the default: in one two-worker run on a loaded machine
-# the Grain worker-process test waited 900 s for its first batch (cause not found yet).
+# Two pytest-xdist processes, each taking whole test files (module fixtures such as a recorded
+# simulator dataset are built once): most tests leave a core idle (compiles, subprocesses,
+# simulators). TEST_WORKERS=0 runs it in one process.
 # pytest exits 5 when it collected nothing: that is a broken suite, not a pass.
-TEST_WORKERS ?= 0
+TEST_WORKERS ?= 2
 test: $(STAMP)
 	@$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; the suite must not be empty" >&2; fi; \
