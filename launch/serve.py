@@ -6,9 +6,9 @@
 
 Concurrent requests are answered in batches of up to --max_batch, gathered for up to
 --max_wait_ms (--max_batch=1: one at a time, like openpi). Messages above --max_message_mb are
-refused by the websocket layer (close 1009); past --max_connections open connections a new one gets
-HTTP 503. A host other than loopback needs --api_key (clients
-send `Authorization: Api-Key <key>`; openpi-client's `api_key=`) unless --insecure.
+refused by the websocket layer (close 1009); past --max_connections open connections a new one
+gets HTTP 503. A host other than loopback needs --api_key (clients send `Authorization: Api-Key
+<key>`; openpi-client's `api_key=`) unless --insecure.
 """
 
 from __future__ import annotations
