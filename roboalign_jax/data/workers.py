@@ -282,6 +282,7 @@ class WatchedIterator(grain.DatasetIterator):
     if kill:
       for worker in self._workers():
         worker.kill()
+        worker.abandon_queues()
     for worker in dead:
       # Grain notices a non-zero exit itself; an exit with code 0 it would wait on for ever.
       worker.unblock(error)
@@ -342,10 +343,18 @@ class _Worker:
     """Hands Grain's reader of this (exited) worker an error in the worker's own message format
     (element, state, next index, error, traceback), ending its wait."""
     buffer = getattr(self.reader, "_buffer", None)
-    if buffer is None:
-      return
-    with contextlib.suppress(Exception):
-      buffer.put((None, None, None, RuntimeError(str(error)), None), timeout=2)
+    if buffer is not None:
+      with contextlib.suppress(Exception):
+        buffer.put((None, None, None, RuntimeError(str(error)), None), timeout=2)
+    self.abandon_queues()
+
+  def abandon_queues(self) -> None:
+    """Lets this process exit without flushing the queues of a dead or killed worker. Whatever is
+    still queued on them (the error `unblock` put, a state request) has no reader any more, and at
+    exit `multiprocessing` would join their feeder threads, blocked for ever on a full pipe."""
+    for name in ("_buffer", "_set_state_queue", "_stats_in_queue"):
+      with contextlib.suppress(Exception):
+        getattr(self.reader, name).cancel_join_thread()
 
 
 def _describe_exit(code: int | None) -> str:
