@@ -10,7 +10,6 @@ import functools
 import logging
 import types
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,11 +18,11 @@ import pytest
 
 import tiny_qwen
 from configs_loader import load_config
+from test_grpo_trainer_units import TinyLM
 from roboalign_jax import data
 from roboalign_jax.data import pipeline, samples
 from roboalign_jax.fast import FASTTokenizer
 from roboalign_jax.fast.vocab import fast_ids_to_text
-from roboalign_jax.models.qwen2_5_vl.model import Output
 from roboalign_jax.parallel import mesh as mesh_lib
 from roboalign_jax.rl import grpo as grpo_lib
 from roboalign_jax.rl import rewards
@@ -38,11 +37,7 @@ HALF = f"<think>move left</think><answer>{fast_ids_to_text([12, 9])}</answer><|i
 
 @pytest.fixture(scope="module")
 def tok():
-  from transformers import AutoTokenizer
-
-  from roboalign_jax.models.qwen2_5_vl.vocab_extension import add_action_tokens
-  tokenizer = AutoTokenizer.from_pretrained(tiny_qwen.processor_dir())
-  return tokenizer, add_action_tokens(tokenizer)
+  return tiny_qwen.extended_tokenizer()
 
 
 def _responses(tokenizer, texts, eos=True):
@@ -61,21 +56,11 @@ def _responses(tokenizer, texts, eos=True):
 def trainer(tok):
   """A GRPO setup around a small model over the extended tokenizer's vocabulary."""
   tokenizer, vocab = tok
-  size = len(tokenizer)
-
-  class TinyLM(nn.Module):
-    @nn.compact
-    def __call__(self, input_ids, attention_mask, pixel_values, image_grid_thw, frame_patches=None):
-      del attention_mask, image_grid_thw
-      image = pixel_values.reshape(input_ids.shape[0], frame_patches, -1).mean(1)
-      x = nn.Embed(size, 8)(input_ids) + nn.Dense(8)(image)[:, None]
-      return Output(logits=nn.Dense(size)(jnp.tanh(x)))
-
   config = load_config("configs/grpo.py:tiny,init=/x,data=/y,fast=/z")
   config.data.max_seq_len = PROMPT
   config.rollout.update(num_samples=G, max_new_tokens=RESPONSE, temperature=1.0)
   config.grpo.update(update_batch_size=B * G, micro_batch_size=B * G)
-  model = TinyLM()
+  model = TinyLM(vocab=len(tokenizer))
   n = B * G
   params = model.init(jax.random.key(0), np.zeros((n, PROMPT + RESPONSE), np.int32),
                       np.ones((n, PROMPT + RESPONSE), np.int32), np.zeros((n * PATCHES, 6), np.float32),

@@ -20,13 +20,14 @@ VOCAB, PROMPT, RESPONSE, PATCHES = 11, 3, 4, 2
 
 class TinyLM(nn.Module):
   """Stands in for the backbone's call signature: logits depend on tokens and the image."""
+  vocab: int = VOCAB
 
   @nn.compact
   def __call__(self, input_ids, attention_mask, pixel_values, image_grid_thw, frame_patches=None):
     del attention_mask, image_grid_thw
     image = pixel_values.reshape(input_ids.shape[0], frame_patches, -1).mean(1)
-    x = nn.Embed(VOCAB, 8)(input_ids) + nn.Dense(8)(image)[:, None]
-    return Output(logits=nn.Dense(VOCAB)(jnp.tanh(x)))
+    x = nn.Embed(self.vocab, 8)(input_ids) + nn.Dense(8)(image)[:, None]
+    return Output(logits=nn.Dense(self.vocab)(jnp.tanh(x)))
 
 
 def _rows(n, seed=0):

@@ -86,11 +86,7 @@ def test_roboalign_reward_combines():
 
 @pytest.fixture(scope="module")
 def extended_tokenizer(tmp_path_factory):
-  from transformers import AutoTokenizer
-
-  from roboalign_jax.models.qwen2_5_vl.vocab_extension import add_action_tokens
-  tokenizer = AutoTokenizer.from_pretrained(tiny_qwen.processor_dir())
-  return tokenizer, add_action_tokens(tokenizer)
+  return tiny_qwen.extended_tokenizer()
 
 
 def test_parse_response_keeps_special_tokens_and_reads_ids(extended_tokenizer):

@@ -40,3 +40,12 @@ def qwen3_checkpoint_dir(max_pixels: int = 64 * 32 * 32, seed: int = 0) -> str:
   """A complete random tiny Qwen3-VL checkpoint (weights, config, tokenizer, image processor)."""
   return backbone_lib.family("qwen3_vl").write_tiny(tempfile.mkdtemp(prefix="tiny_qwen3_"), seed=seed,
                                                     max_pixels=max_pixels)
+
+
+def extended_tokenizer():
+  """(the tiny HF tokenizer with the 2048 FAST action tokens added, its ActionVocab); a fresh copy."""
+  from transformers import AutoTokenizer
+
+  from roboalign_jax.models.qwen2_5_vl.vocab_extension import add_action_tokens
+  tokenizer = AutoTokenizer.from_pretrained(processor_dir())
+  return tokenizer, add_action_tokens(tokenizer)
