@@ -4,8 +4,9 @@ The Qwen3-VL decoder (`qwen3_vl/text.py`) is this one with three module settings
 (`qkv_bias`, `qk_norm`, `rope_cos_sin`) and DeepStack features passed to the call (`deepstack`);
 the defaults here are Qwen2.5-VL's.
 
-Attention goes through `jax.nn.dot_product_attention` (cuDNN flash attention on GPU, XLA on
-CPU) with a boolean mask that encodes causality and padding; GQA is native there (no repeat).
+Attention goes through `layers.grouped_attention` (the numbers of jax.nn.dot_product_attention's
+XLA path, with keys heads-first as the KV cache holds them) with a boolean mask that encodes
+causality and padding; GQA is native there (no repeat of the key heads).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 
 from roboalign_jax.models.qwen2_5_vl import kv_cache, rope
 from roboalign_jax.models.qwen2_5_vl.config import TextConfig
-from roboalign_jax.models.qwen2_5_vl.layers import Linear, RMSNorm, SwiGLU
+from roboalign_jax.models.qwen2_5_vl.layers import Linear, RMSNorm, SwiGLU, grouped_attention
 
 
 class Attention(nn.Module):
@@ -35,7 +36,7 @@ class Attention(nn.Module):
     """x: [B, T, D]; cos/sin: [B, T, head_dim]; mask: bool [B, 1, T, S].
 
     Without `kv`, S = T (keys are this call's tokens). With `kv = (k_buf, v_buf)` of
-    [B, S, kv_heads, head_dim], this call's keys/values are written at slot `index` and the
+    [B, kv_heads, S, head_dim], this call's keys/values are written at slot `index` and the
     queries attend over the whole buffer. Returns (out [B, T, D], (k_buf, v_buf) or None).
     """
     c = self.cfg
@@ -54,12 +55,13 @@ class Attention(nn.Module):
       k = RMSNorm(c.rms_norm_eps, self.param_dtype, name="k_norm")(k)
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
     q, k = rope.apply_rotary(q, cos, sin), rope.apply_rotary(k, cos, sin)
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # heads first: [B, kv_heads, T, head_dim]
     new_kv = None
     if kv is not None:
       k = kv_cache.write(kv[0], k, index)
       v = kv_cache.write(kv[1], v, index)
       new_kv = (k, v)
-    out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
+    out = grouped_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
     out = out.reshape(b, t, c.num_attention_heads * hd)
     return Linear(c.hidden_size, ("heads", "embed"), use_bias=False, name="o_proj", **kw)(out), new_kv
 

@@ -25,7 +25,7 @@ KV-cache decoding (the rollout sampler), as for Qwen2.5-VL::
     logits, cache = model.apply({"params": params}, tokens, cache, method=model.decode_step)
 
 Prompts must be LEFT-padded; the cache is `qwen2_5_vl.KVCache` (the layout is the same: per layer
-[B, S, kv_heads, head_dim] with rotary applied). DeepStack only touches image tokens, which are
+[B, kv_heads, S, head_dim] with rotary applied). DeepStack only touches image tokens, which are
 all in the prompt, so decoding steps are plain decoder steps.
 
 Positions are always computed from `attention_mask` (real tokens only), as HF does when it has
