@@ -1,7 +1,6 @@
 """`layers.grouped_attention` (keys heads-first, the KV cache's layout) gives the numbers of
 `jax.nn.dot_product_attention`'s XLA path: grouped query heads, per-head and broadcast masks,
-a fully masked query row, float32 and bfloat16, and gradients; and `sampling.first_argmax` is
-`jnp.argmax` (first maximum, first NaN) so greedy tokens and Gumbel-max samples are unchanged."""
+a fully masked query row, float32 and bfloat16, and gradients."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +8,6 @@ import numpy as np
 import pytest
 
 from roboalign_jax.models.qwen2_5_vl.layers import grouped_attention
-from roboalign_jax.models.sampling import first_argmax
 
 
 def _inputs(rng, b, t, s, heads, kv_heads, d, dtype):
@@ -55,26 +53,3 @@ def test_grouped_attention_bfloat16_matches_within_bf16_rounding():
   got = grouped_attention(q, _heads_first(k), _heads_first(v), mask)
   assert got.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), atol=2e-2)
-
-
-def test_first_argmax_is_argmax_with_ties_infinities_and_nans():
-  rng = np.random.default_rng(1)
-  for trial in range(60):
-    x = rng.normal(size=(6, 33)).astype(np.float32)
-    x[0, [3, 20]] = 9.0            # tie: the first wins
-    x[1] = 1.0                     # all equal
-    x[2, rng.integers(33, size=2)] = np.nan  # NaN wins, the first one
-    x[3] = -np.inf
-    x[4, [5, 7]] = np.inf
-    x[5] = rng.integers(0, 3, size=33)  # many ties
-    np.testing.assert_array_equal(np.asarray(first_argmax(jnp.asarray(x))), np.asarray(jnp.argmax(x, -1)))
-
-
-def test_gumbel_max_with_first_argmax_draws_what_categorical_draws():
-  logits = jnp.asarray(np.random.default_rng(2).normal(size=(16, 300)), jnp.float32)
-  logits = logits.at[:, :40].set(-jnp.inf)  # filtered tokens, as top-k / top-p leave them
-  for seed in range(5):
-    key = jax.random.key(seed)
-    ours = first_argmax(jax.random.gumbel(key, logits.shape, logits.dtype) + logits)
-    np.testing.assert_array_equal(np.asarray(ours), np.asarray(jax.random.categorical(key, logits)))
-    assert int(ours.min()) >= 40

@@ -238,12 +238,32 @@ def _top_k_filter(logits, k: int):
 
 def _top_p_filter(logits, top_p):
   """Nucleus filter: keeps the most likely tokens whose preceding mass is < top_p (so at least
-  the top one), the rest -inf."""
-  ordered = jnp.flip(jnp.sort(logits, axis=-1), axis=-1)
-  probs = jax.nn.softmax(ordered, axis=-1)
-  mass_before = jnp.cumsum(probs, axis=-1) - probs
-  threshold = jnp.min(jnp.where(mass_before < top_p, ordered, jnp.inf), axis=-1, keepdims=True)
-  return jnp.where(logits < threshold, -jnp.inf, logits)
+  the top one; tokens tied with the last kept one are kept too), the rest -inf.
+
+  Token i is kept iff the mass of the tokens strictly more likely than it is < top_p, i.e. iff
+  p_i >= tau, the smallest probability with that property. tau is found by bisection over the
+  float32 bit patterns of [0, max p] (monotone for non-negative floats): 31 masked sums over the
+  vocabulary instead of a sort of it, which was two thirds of a CPU sampling step.
+  """
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+  def mass_above(tau):
+    return jnp.sum(jnp.where(probs > tau, probs, 0.0), axis=-1, keepdims=True)
+
+  def as_float(bits):
+    return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+  def halve(_, bounds):  # invariant: mass_above(hi) < top_p <= mass_above(lo)
+    lo, hi = bounds
+    mid = lo + (hi - lo) // 2
+    below = mass_above(as_float(mid)) < top_p
+    return jnp.where(below, lo, mid), jnp.where(below, mid, hi)
+
+  hi = jax.lax.bitcast_convert_type(jnp.max(probs, axis=-1, keepdims=True), jnp.int32)
+  _, hi = jax.lax.fori_loop(0, 31, halve, (jnp.zeros_like(hi), hi))
+  zero = jnp.zeros_like(probs[..., :1])
+  tau = jnp.where(mass_above(zero) < top_p, zero, as_float(hi))  # rounding left every token's mass < top_p
+  return jnp.where(probs >= tau, logits, -jnp.inf)
 
 
 def _positive_int(value: Any, name: str) -> int:
