@@ -4,8 +4,10 @@ family of the registry (Qwen2.5-VL or Qwen3-VL).
 Measures forward+backward tokens/s (a next-token cross-entropy on a text+image batch) and greedy
 decode tokens/s (prefill + N new tokens), timed interleaved (ours, torch, ours, torch, ...), and
 prints medians, minimums, the ours / torch ratio of the medians and the load average.
+`--profile` also prints where our forward+backward's time goes, per part of the model
+(`timing.xla_profile`).
 
-    .venv/bin/python benchmarks/backbone_cpu.py [--family qwen3_vl --batch 4 --seq 256 --new_tokens 64 --threads 2]
+    .venv/bin/python benchmarks/backbone_cpu.py [--family qwen3_vl --batch 4 --seq 256 --new_tokens 64 --threads 2 --profile]
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import os
 import tempfile
 
 import numpy as np
-from timing import interleaved, load_line
+from timing import interleaved, load_line, xla_profile
 
 # family -> (our config class, transformers' config class, transformers' model class)
 CLASSES = {"qwen2_5_vl": ("Qwen2_5_VLConfig", "Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration"),
@@ -40,6 +42,7 @@ def main():
   ap.add_argument("--prompt", type=int, default=64)
   ap.add_argument("--rounds", type=int, default=7)
   ap.add_argument("--threads", type=int, default=2)
+  ap.add_argument("--profile", action="store_true", help="print our forward+backward's time per model part")
   args = ap.parse_args()
 
   import torch
@@ -134,6 +137,12 @@ def main():
         f"{args.rounds} interleaved rounds, {load_line()}")
   _report(f"forward+backward  seq {t}", b * t, fb)
   _report(f"greedy decode {steps} new tokens after {pt} (same tokens: {same})", b * steps, gen)
+  if args.profile:
+    parts = xla_profile(grad_fn, jargs)
+    total = sum(ms for _, ms in parts)
+    print(f"ours forward+backward by model part (op time summed over threads, {total:.1f} ms per call):")
+    for part, ms in parts:
+      print(f"  {part:32s} {ms:7.1f} ms  {100 * ms / total:5.1f}%")
 
 
 if __name__ == "__main__":

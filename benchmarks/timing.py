@@ -38,3 +38,50 @@ def interleaved(sides: dict, rounds: int) -> dict[str, dict[str, float]]:
       fn()
       times[name].append(time.perf_counter() - start)
   return {name: {"median": statistics.median(t), "min": min(t)} for name, t in times.items()}
+
+
+def xla_profile(jitted, args: tuple, calls: int = 5) -> list[tuple[str, float]]:
+  """Where a jitted function's time goes on XLA's CPU backend: [(part, ms per call)], largest first.
+
+  Runs `jitted(*args)` `calls` times under `jax.profiler.trace` and adds up the executed ops'
+  durations over all threads (so the sum can exceed wall time), each op attributed to a part of
+  the model by the source path XLA kept in its metadata: vision or text; attention scores (the
+  [.., T, S] logits, mask, softmax and the two matmuls around them), rotary, q/k/v/o projections,
+  MLP, norms, merger, head + loss; "other" (embeddings, optimizer, loop bookkeeping, ...).
+  """
+  import collections
+  import glob
+  import re
+  import tempfile
+
+  import jax
+  hlo = jitted.lower(*args).compile().as_text()
+  source = dict(re.findall(r"%([\w.\-]+) = .*?op_name=\"([^\"]*)\"", hlo))
+  jax.block_until_ready(jitted(*args))
+  directory = tempfile.mkdtemp(prefix="xla_profile_")
+  with jax.profiler.trace(directory):
+    for _ in range(calls):
+      jax.block_until_ready(jitted(*args))
+  path = glob.glob(f"{directory}/**/*.xplane.pb", recursive=True)[0]
+  parts = collections.Counter()
+  for plane in jax.profiler.ProfileData.from_file(path).planes:
+    for line in plane.lines:
+      if not line.name.startswith("tf_XLAEigen"):  # the CPU backend's worker threads
+        continue
+      for event in line.events:
+        if event.name in source:
+          parts[_model_part(source[event.name])] += event.duration_ns / 1e6 / calls
+  return parts.most_common()
+
+
+def _model_part(op_name: str) -> str:
+  """'text attention scores', 'vision MLP', ... from an op's source path (the model names its
+  attention core `scores` and its rotary `rotary` with jax.named_scope)."""
+  tower = "vision" if "/visual/" in op_name else "text" if "language_model" in op_name else ""
+  for needle, part in (("/scores/", "attention scores"), ("/rotary/", "rotary"), ("_proj/", "q/k/v/o projections"),
+                       ("/qkv/", "q/k/v/o projections"), ("/attn/proj/", "q/k/v/o projections"), ("/mlp", "MLP"),
+                       ("norm", "norms"), ("lm_head", "head + loss"), ("logits", "head + loss"),
+                       ("log_softmax", "head + loss"), ("merger", "merger")):
+    if needle in op_name:
+      return f"{tower} {part}".strip()
+  return f"{tower} other".strip()

@@ -68,6 +68,7 @@ class SwiGLU(nn.Module):
     return Linear(x.shape[-1], ("mlp", "embed"), name="down_proj", **kw)(nn.silu(gate) * up)
 
 
+@jax.named_scope("scores")  # names its ops in profiles (benchmarks/timing.py:xla_profile)
 def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None) -> jax.Array:
   """Softmax attention with K key/value heads shared by groups of N / K query heads.
 

@@ -17,6 +17,7 @@ def rotate_half(x: jax.Array) -> jax.Array:
   return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
 
 
+@jax.named_scope("rotary")  # names its ops in profiles (benchmarks/timing.py:xla_profile)
 def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
   """x: [..., L, H, D]; cos/sin: [..., L, D] (broadcast over heads). Computed in fp32."""
   dtype = x.dtype

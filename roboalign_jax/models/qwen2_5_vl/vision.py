@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from roboalign_jax.models.qwen2_5_vl import rope
 from roboalign_jax.models.qwen2_5_vl.config import VisionConfig
-from roboalign_jax.models.qwen2_5_vl.layers import Linear, RMSNorm, SwiGLU
+from roboalign_jax.models.qwen2_5_vl.layers import Linear, RMSNorm, SwiGLU, grouped_attention
 
 
 class PatchEmbed(nn.Module):
@@ -58,7 +58,7 @@ class VisionAttention(nn.Module):
     q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]  # [F, L, heads, head_dim]
     q = rope.apply_rotary(q, cos, sin)
     k = rope.apply_rotary(k, cos, sin)
-    out = jax.nn.dot_product_attention(q, k, v, mask=None if mask is None else mask[:, None])
+    out = grouped_attention(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), None if mask is None else mask[:, None])
     return Linear(c, ("heads", "embed"), name="proj", **kw)(out.reshape(f, n, c))
 
 
