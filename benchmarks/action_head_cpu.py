@@ -4,11 +4,13 @@ weights, same inputs.
 
 One call = the whole inference of a chunk: VL self-attention over T tokens, state encoder, then
 `num_inference_timesteps` Euler steps of the DiT (4 for N1.5). The two sides run interleaved
-(A B A B ...) so load changes hit both alike; prints the median and min latency of each side and
-the ratio torch / ours (> 1: ours is faster), with the load average before and after.
+(ours, torch, ours, torch, ... for --rounds rounds, after one untimed call of each) so load
+changes hit both alike; prints the median and min latency of each side, the ratio torch / ours
+of the medians and of the mins (> 1: ours is faster), ours' first call (compilation) and the
+load average before and after.
 
     .venv/bin/python benchmarks/action_head_cpu.py [--variant gr00t_n1_5 --vl_tokens 300 --batches 1,8
-                                                    --iters 10 --threads N]
+                                                    --rounds 10 --threads N]
 
 `--threads` (default: all cores) pins the process to that many cores, which bounds both XLA's and
 torch's thread pools the same way, and sets torch's thread count to it. The released shapes need
@@ -19,20 +21,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 
 import numpy as np
+from timing import interleaved, load_line
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-
-
-def _load_line(cores: int) -> str:
-  load = os.getloadavg()
-  warn = f"  WARNING: load above the {cores} cores in use, timings are not clean" if load[0] > cores else ""
-  return f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}{warn}"
 
 
 def main():
@@ -40,7 +36,8 @@ def main():
   ap.add_argument("--variant", default="gr00t_n1_5")
   ap.add_argument("--vl_tokens", type=int, default=300)
   ap.add_argument("--batches", default="1,8")
-  ap.add_argument("--iters", type=int, default=10)
+  ap.add_argument("--rounds", "--iters", dest="rounds", type=int, default=10,
+                  help="interleaved timed calls of each side (--iters: its former name)")
   ap.add_argument("--threads", type=int, default=os.cpu_count())
   args = ap.parse_args()
 
@@ -58,7 +55,7 @@ def main():
   config = action_head.config_from_variant(args.variant)
   print(f"variant {args.variant}: {action_head.num_params(config):,} parameters, {config.num_inference_timesteps} "
         f"Euler steps, {args.vl_tokens} VL tokens, {cores} threads per side, {jax.devices()[0].platform}")
-  print(_load_line(cores))
+  print(load_line())
   torch.manual_seed(0)
   ref = ref_lib.build_reference(config.to_gr00t_dict()).eval()
   tensors = {f"action_head.{k}": v.detach().numpy() for k, v in ref.state_dict().items()}
@@ -84,19 +81,14 @@ def main():
     first = ours()  # compiles
     compile_s = time.perf_counter() - t0
     err = ref_lib.max_rel_err(np.asarray(first) - noise, theirs() - noise)
-    times = {"ours": [], "torch": []}
-    for _ in range(args.iters):
-      for name, fn in (("ours", ours), ("torch", theirs)):
-        t0 = time.perf_counter()
-        fn()
-        times[name].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    low = {k: min(v) for k, v in times.items()}
+    times = interleaved({"ours": ours, "torch": theirs}, args.rounds)
+    med = {k: v["median"] for k, v in times.items()}
+    low = {k: v["min"] for k, v in times.items()}
     print(f"batch {b}: ours median {med['ours'] * 1e3:8.1f} ms  min {low['ours'] * 1e3:8.1f} ms | torch median "
           f"{med['torch'] * 1e3:8.1f} ms  min {low['torch'] * 1e3:8.1f} ms | torch/ours median "
           f"{med['torch'] / med['ours']:.2f}x  min {low['torch'] / low['ours']:.2f}x | first call (compile) "
           f"{compile_s:.1f} s, max rel. error vs torch {err:.1e}")
-  print(_load_line(cores))
+  print(load_line())
 
 
 if __name__ == "__main__":

@@ -1,13 +1,23 @@
 """Throughput of the LIBERO-layout training pipeline, and where a sample's time goes.
 
   python benchmarks/data_pipeline.py                          # 0 and 2 workers, batch 32
-  python benchmarks/data_pipeline.py --workers=0,1,2 --batches=40
+  python benchmarks/data_pipeline.py --workers=0,1,2 --batches=40 --rounds=4
 
 Setup as in training: a LIBERO-layout fixture (real TFDS ArrayRecord, JPEG frames at the
 published 256x256) with episodes of LIBERO-like length, both cameras decoded and resized to
 224x224, augmentation on for the third-person view, normalised action chunks of 16 steps,
 and FAST tokenisation of every chunk (`sample="fast_sft"`, conversation without the backbone
-processor). Samples/s counts batches after the first (worker start-up excluded).
+processor).
+
+The worker counts are timed interleaved (0, 2, 0, 2, ... for --rounds rounds), each round a fresh
+iterator per count: started, one untimed wave of batches (start-up; a wave is the batches built at
+once: reader threads per process, times the worker processes), then a timed block of about
+--batches / --rounds batches in whole waves (the batches of a wave finish together), then closed.
+Fresh iterators rather than blocks from iterators kept open because an open iterator keeps reading
+ahead while the other is timed (with 2 workers, over a dozen batches), which would take cores from
+the timed side and hand its own next block batches ready-made. Prints each count's median and
+minimum time per batch, samples/s at the median, the ratio of its median samples/s to the first
+count's (> 1: faster) and the load average.
 
 The breakdown times each stage in this process on the same samples: reading + standardising an
 episode (paid once per episode per worker while it stays in the episode cache), decoding the two
@@ -17,15 +27,19 @@ frames, augmenting / resizing, normalising + chunking, FAST encoding, collating.
 from __future__ import annotations
 
 import os
+import statistics
 import tempfile
 import time
 
 import numpy as np
 from absl import app, flags
+from timing import load_line
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workers", ["0", "2"], "Worker-process counts to measure.")
-flags.DEFINE_integer("batches", 30, "Batches timed per setting (after one warm-up batch).")
+flags.DEFINE_integer("batches", 30, "About this many batches timed per setting in all: --rounds blocks of "
+                     "whole waves (at least one).")
+flags.DEFINE_integer("rounds", 3, "Interleaved timed blocks per setting.")
 flags.DEFINE_integer("batch_size", 32, "Global batch size.")
 flags.DEFINE_integer("episodes", 12, "Fixture episodes.")
 flags.DEFINE_integer("min_steps", 100, "Shortest fixture episode (LIBERO: ~100-300 steps).")
@@ -112,27 +126,46 @@ def main(argv):
     processor_dir = os.path.join(workdir, "qwen")
     tiny.write_tokenizer(processor_dir)
     tiny.write_image_processor_config(processor_dir, max_pixels=224 * 224)
-  results = {}
-  for workers in (int(w) for w in FLAGS.workers):
-    config = data.data_config(**base, sample="fast_sft", fast_tokenizer_dir=fast_dir, num_workers=workers,
-                              processor_dir=processor_dir)
-    it = iter(data.make_dataset(config, process_index=0, process_count=1))
-    batch = next(it)  # warm-up: worker start-up, first episode reads
+  counts = [int(w) for w in FLAGS.workers]
+  configs = {w: data.data_config(**base, sample="fast_sft", fast_tokenizer_dir=fast_dir, num_workers=w,
+                                 processor_dir=processor_dir) for w in counts}
+  # Batches built at once: each process (this one when there are no workers) runs up to
+  # min(threads, read-ahead) of them.
+  waves = {w: max(w, 1) * min(c.num_threads, c.prefetch_buffer) for w, c in configs.items()}
+  blocks = {w: max(1, FLAGS.batches // FLAGS.rounds // wave) * wave for w, wave in waves.items()}
+
+  def timed_block(workers: int) -> float:
+    """Seconds per batch over one block of a fresh iterator, start-up excluded."""
+    it = iter(data.make_dataset(configs[workers], process_index=0, process_count=1))
+    for _ in range(waves[workers]):
+      batch = next(it)
     assert batch["actions"].shape == (FLAGS.batch_size, FLAGS.horizon, 7)
     start = time.perf_counter()
-    for _ in range(FLAGS.batches):
+    for _ in range(blocks[workers]):
       next(it)
     elapsed = time.perf_counter() - start
-    results[workers] = FLAGS.batches * FLAGS.batch_size / elapsed
-    print(f"workers={workers}: {results[workers]:.0f} samples/s ({elapsed / FLAGS.batches * 1e3:.0f} ms per batch "
-          f"of {FLAGS.batch_size})")
-    if hasattr(it, "close"):
-      it.close()
+    # Stops its workers and read-ahead; batches already being built finish during the next
+    # count's untimed start.
+    it.close()
+    return elapsed / blocks[workers]
+
+  # Not timing.interleaved: that times each whole call, and here start-up must be left out.
+  per_batch = {w: [] for w in counts}
+  for _ in range(FLAGS.rounds):
+    for workers in counts:
+      per_batch[workers].append(timed_block(workers))
+  print(f"{FLAGS.rounds} interleaved rounds, batches of {FLAGS.batch_size}, {load_line()}")
+  first = statistics.median(per_batch[counts[0]])
+  for workers, times in per_batch.items():
+    median = statistics.median(times)
+    print(f"workers={workers}: {FLAGS.batch_size / median:5.0f} samples/s at the median; per batch median "
+          f"{median * 1e3:.0f} ms, min {min(times) * 1e3:.0f} ms (blocks of {blocks[workers]}); "
+          f"samples/s vs workers={counts[0]} {first / median:.2f}x")
   print("\nper-sample cost by stage (this process, ms):")
   config = data.data_config(**base)
   for stage, ms in breakdown(handles, config, fast).items():
     print(f"  {stage:42s} {ms:7.2f}")
-  print(f"\nmachine: {os.cpu_count()} CPU cores")
+  print(f"\n{load_line()}")
 
 
 if __name__ == "__main__":

@@ -1,30 +1,36 @@
 """FAST codec throughput: our batched FASTTokenizer vs the reference's per-chunk approach.
 
   python benchmarks/fast_codec.py                      # 10k chunks, H=10, D=7, vocab 2048
-  python benchmarks/fast_codec.py --horizon=50 --num_chunks=10000
+  python benchmarks/fast_codec.py --horizon=50 --num_chunks=10000 --rounds=7
 
 The reference approach is the public FAST processor's: for each chunk, SciPy's DCT, a `chr`
 string and a `PreTrainedTokenizerFast` call to encode; `PreTrainedTokenizerFast.decode`, `ord`
 and SciPy's inverse DCT to decode. Both sides use the same tokenizer files and the same chunks
-in one run; outputs are checked to agree before timing. Each timing is the best of --repeats.
+in one run; outputs are checked to agree before timing.
+
+One call encodes (or decodes) all --num_chunks chunks. Encoding, then decoding, is timed
+interleaved (ours, reference, ours, reference, ... for --rounds rounds, after one untimed call of
+each) so that load from other work hits both sides alike. Prints each side's median and minimum
+time per call, chunks/s at the median, the ratio reference / ours of the medians (> 1: ours is
+faster) and the load average.
 """
 
 from __future__ import annotations
 
-import os
 import tempfile
-import time
 
 import numpy as np
 import scipy.fft
 from absl import app, flags
+from timing import interleaved, load_line
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("num_chunks", 10_000, "Chunks to encode and decode.")
 flags.DEFINE_integer("horizon", 10, "Chunk length H.")
 flags.DEFINE_integer("action_dim", 7, "Action dimension D.")
 flags.DEFINE_integer("vocab_size", 2048, "BPE vocabulary size.")
-flags.DEFINE_integer("repeats", 3, "Timing repeats; the best is reported.")
+flags.DEFINE_integer("rounds", 5, "Interleaved timed calls of each side.")
+flags.DEFINE_alias("repeats", "rounds")  # the flag's name before the timing was interleaved
 flags.DEFINE_integer("seed", 0, "Data seed.")
 
 
@@ -68,15 +74,6 @@ class ReferenceCodec:
     return np.stack(out)
 
 
-def best_time(fn, repeats: int):
-  best, result = float("inf"), None
-  for _ in range(repeats):
-    start = time.perf_counter()
-    result = fn()
-    best = min(best, time.perf_counter() - start)
-  return best, result
-
-
 def main(argv):
   del argv
   from roboalign_jax.fast import FASTTokenizer
@@ -98,18 +95,22 @@ def main(argv):
   if not np.allclose(decoded, reference.decode(ids, horizon, dim), rtol=0, atol=1e-9):
     raise AssertionError("decodings differ from the reference procedure")
 
-  ours_encode, _ = best_time(lambda: tokenizer.encode(chunks), FLAGS.repeats)
-  ref_encode, _ = best_time(lambda: reference.encode(chunks), FLAGS.repeats)
-  ours_decode, _ = best_time(lambda: tokenizer.decode(ids, horizon, dim), FLAGS.repeats)
-  ref_decode, _ = best_time(lambda: reference.decode(ids, horizon, dim), FLAGS.repeats)
+  timings = {
+      "encode": interleaved({"ours": lambda: tokenizer.encode(chunks),
+                             "reference": lambda: reference.encode(chunks)}, FLAGS.rounds),
+      "decode": interleaved({"ours": lambda: tokenizer.decode(ids, horizon, dim),
+                             "reference": lambda: reference.decode(ids, horizon, dim)}, FLAGS.rounds)}
 
   mean_tokens = np.mean([len(row) for row in ids])
   print(f"{n} chunks [H={horizon}, D={dim}], vocab {tokenizer.bpe.get_vocab_size()}, "
         f"{mean_tokens:.1f} tokens/chunk (compression {horizon * dim / mean_tokens:.2f}x), "
-        f"{int((~valid).sum())} malformed, {os.cpu_count()} CPUs, best of {FLAGS.repeats}")
-  print(f"{'':8}{'ours chunks/s':>16}{'reference chunks/s':>20}{'ratio':>8}")
-  for name, ours, ref in (("encode", ours_encode, ref_encode), ("decode", ours_decode, ref_decode)):
-    print(f"{name:8}{n / ours:16,.0f}{n / ref:20,.0f}{ref / ours:8.1f}")
+        f"{int((~valid).sum())} malformed, {FLAGS.rounds} interleaved rounds, {load_line()}")
+  for name, times in timings.items():
+    ours, ref = times["ours"], times["reference"]
+    print(f"{name}: ours median {ours['median'] * 1e3:8.1f} ms  min {ours['min'] * 1e3:8.1f} ms "
+          f"({n / ours['median']:10,.0f} chunks/s) | reference median {ref['median'] * 1e3:8.1f} ms  "
+          f"min {ref['min'] * 1e3:8.1f} ms ({n / ref['median']:10,.0f} chunks/s) | "
+          f"reference/ours {ref['median'] / ours['median']:.1f}x")
 
 
 if __name__ == "__main__":

@@ -2,10 +2,15 @@
 (torch, do_sample=True) on the same tiny checkpoint, batch, prompt and new-token lengths.
 
 Both sample B prompts x G samples at temperature 1, top-p 1, no top-k, exactly N new tokens
-(no EOS stop), from left-padded prompts that each hold one 16-token image. Prints generated
-tokens/s (B*G*N / wall time, compile excluded) and the ratio ours / torch.
+(no EOS stop), from left-padded prompts that each hold one 16-token image. The two sides run
+interleaved (ours, torch, ours, torch, ...; compile and warm-up excluded); prints generated
+tokens/s (B*G*N / median wall time), the minimums, the ratio of the medians and the load average.
 
-    .venv/bin/python benchmarks/rollout_cpu.py [--prompts 4 --samples 4 --prompt_len 64 --new_tokens 64]
+The defaults are the demo's rollout batch (`configs/grpo.py:tiny`: 8 prompts x 4 samples, prompts
+padded to data.max_seq_len = 288, at most 28 new tokens); the paper's 5 samples per prompt with a
+longer response, scaled to a CPU, is `--prompts 8 --samples 5 --prompt_len 96 --new_tokens 128`.
+
+    .venv/bin/python benchmarks/rollout_cpu.py [--prompts 8 --samples 4 --prompt_len 288 --new_tokens 28]
 """
 
 from __future__ import annotations
@@ -15,17 +20,16 @@ import os
 import tempfile
 
 import numpy as np
-from timing import mean_seconds
-
+from timing import interleaved, load_line
 
 
 def main():
   ap = argparse.ArgumentParser()
-  ap.add_argument("--prompts", type=int, default=4)
+  ap.add_argument("--prompts", type=int, default=8)
   ap.add_argument("--samples", type=int, default=4)
-  ap.add_argument("--prompt_len", type=int, default=64)
-  ap.add_argument("--new_tokens", type=int, default=64)
-  ap.add_argument("--iters", type=int, default=3)
+  ap.add_argument("--prompt_len", type=int, default=288)
+  ap.add_argument("--new_tokens", type=int, default=28)
+  ap.add_argument("--rounds", type=int, default=5)
   ap.add_argument("--threads", type=int, default=2)
   args = ap.parse_args()
 
@@ -64,7 +68,6 @@ def main():
     out = rollout.generate(model, params, ids, mask, pixels, grid, max_new_tokens=n, temperature=1.0, top_p=1.0,
                            top_k=0, num_samples=g, rng=key)
     return jax.block_until_ready(out)
-  ours_s = mean_seconds(ours, args.iters)
   out = ours()
   assert out.tokens.shape == (b * g, n) and bool(out.mask.all())
 
@@ -78,13 +81,16 @@ def main():
       seq = hf.generate(input_ids=tids, **tkw, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
                         num_return_sequences=g, max_new_tokens=n, min_new_tokens=n, pad_token_id=0)
     assert seq.shape == (b * g, t + n)
-  torch_s = mean_seconds(theirs, args.iters)
+  times = interleaved({"ours": ours, "torch": theirs}, args.rounds)
+  ours_s, torch_s = times["ours"]["median"], times["torch"]["median"]
 
   tokens = b * g * n
   print(f"device: {jax.devices()[0].platform}, torch threads {args.threads}; {b} prompts x {g} samples, "
-        f"prompt {t} tokens (16-token image), {n} new tokens, sampling at temperature 1")
-  print(f"rollout: ours {tokens / ours_s:8.0f} tok/s ({ours_s:.3f} s)   torch generate {tokens / torch_s:8.0f} tok/s "
-        f"({torch_s:.3f} s)   ratio ours/torch {torch_s / ours_s:.2f}x")
+        f"prompt {t} tokens (16-token image), {n} new tokens, sampling at temperature 1; "
+        f"{args.rounds} interleaved rounds, {load_line()}")
+  print(f"rollout: ours {tokens / ours_s:8.0f} tok/s ({ours_s:.3f} s, min {times['ours']['min']:.3f})   "
+        f"torch generate {tokens / torch_s:8.0f} tok/s ({torch_s:.3f} s, min {times['torch']['min']:.3f})   "
+        f"ratio ours/torch {torch_s / ours_s:.2f}x")
 
 
 if __name__ == "__main__":

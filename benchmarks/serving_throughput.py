@@ -25,6 +25,8 @@ import threading
 import time
 import urllib.request
 
+from timing import load_line
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -119,7 +121,10 @@ def main():
   policy_dir, requests = tiny_policy(args.kind, root)
   policy_dir = args.policy_dir or policy_dir
   levels = [int(c) for c in args.clients.split(",")]
-  print(f"load average before: {os.getloadavg()}; {os.cpu_count()} CPUs; {args.kind} policy {policy_dir}")
+  if max(levels) < 2:
+    parser.error(f"--clients={args.clients}: batching is compared at up to max(clients) requests, so some "
+                 "level must be >= 2 (with 1 both servers would be max_batch=1)")
+  print(f"{args.kind} policy {policy_dir}; before: {load_line()}")
   # Both servers run side by side (idle while the other is measured); each level alternates
   # between them for --rounds timed runs, so load drift hits both sides alike; medians are reported.
   sides = (1, max(levels))
@@ -151,7 +156,7 @@ def main():
     for _, proc in procs.values():
       proc.terminate()
       proc.wait(timeout=30)
-  print(f"load average after: {os.getloadavg()}")
+  print(f"after: {load_line()}")
 
 
 if __name__ == "__main__":

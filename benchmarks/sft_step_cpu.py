@@ -3,9 +3,11 @@
 
 One step = forward, masked next-token cross-entropy on the answer tokens, backward, grad-norm clip
 1.0, AdamW update of everything but the vision blocks (the paper's frozen encoder; the merger
-trains). Prints tokens/s (padded batch tokens per second) of both and the ratio ours / torch.
+trains). The two sides run interleaved (ours, torch, ours, torch, ...; compile and warm-up
+excluded); prints tokens/s (padded batch tokens / median step time) of both, the minimums, the
+ratio of the medians ours / torch and the load average.
 
-    .venv/bin/python benchmarks/sft_step_cpu.py [--batch 8 --seq 192 --iters 10 --threads 2]
+    .venv/bin/python benchmarks/sft_step_cpu.py [--batch 8 --seq 192 --rounds 10 --threads 2]
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
 import numpy as np
+from timing import interleaved, load_line
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -42,7 +44,7 @@ def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--batch", type=int, default=8)
   ap.add_argument("--seq", type=int, default=192)
-  ap.add_argument("--iters", type=int, default=10)
+  ap.add_argument("--rounds", type=int, default=10)
   ap.add_argument("--threads", type=int, default=2)
   args = ap.parse_args()
 
@@ -72,16 +74,13 @@ def main():
   batch = _batch(setup.backbone.action_vocab, args.batch, args.seq)
   tokens = args.batch * args.seq
 
-  # ---- ours
-  state = setup.state
+  # ---- ours: the state advances each call, as in training
   global_batch = sharding_lib.global_batch(batch, mesh)
-  state, metrics = setup.step(state, global_batch)  # compile
-  jax.block_until_ready(metrics)
-  start = time.perf_counter()
-  for _ in range(args.iters):
-    state, metrics = setup.step(state, global_batch)
-  jax.block_until_ready(metrics)
-  ours = (time.perf_counter() - start) / args.iters
+  carry = {"state": setup.state}
+
+  def ours_step():
+    carry["state"], metrics = setup.step(carry["state"], global_batch)
+    jax.block_until_ready(metrics)
 
   # ---- transformers + torch AdamW
   hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="sdpa")
@@ -108,17 +107,14 @@ def main():
     opt.step()
     return loss
 
-  torch_step()  # warm-up
-  start = time.perf_counter()
-  for _ in range(args.iters):
-    torch_step()
-  theirs = (time.perf_counter() - start) / args.iters
-
+  times = interleaved({"ours": ours_step, "torch": torch_step}, args.rounds)
+  ours, theirs = times["ours"], times["torch"]
   print(f"batch {args.batch} x {args.seq} tokens (1 image of 16 tokens per row), {args.threads} threads, "
-        f"jax {jax.__version__} / torch {torch.__version__}")
-  print(f"ours  (jax, jitted SFT step):       {ours * 1e3:8.1f} ms/step  {tokens / ours:9.0f} tokens/s")
-  print(f"torch (transformers + AdamW):        {theirs * 1e3:8.1f} ms/step  {tokens / theirs:9.0f} tokens/s")
-  print(f"ratio ours / torch (tokens/s):       {theirs / ours:8.2f}")
+        f"jax {jax.__version__} / torch {torch.__version__}; {args.rounds} interleaved rounds, {load_line()}")
+  for label, t in (("ours  (jax, jitted SFT step)", ours), ("torch (transformers + AdamW)", theirs)):
+    print(f"{label}:  median {t['median'] * 1e3:8.1f} ms/step (min {t['min'] * 1e3:.1f})  "
+          f"{tokens / t['median']:9.0f} tokens/s")
+  print(f"ratio ours / torch (tokens/s):  {theirs['median'] / ours['median']:8.2f}")
 
 
 if __name__ == "__main__":
