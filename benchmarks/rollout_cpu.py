@@ -10,17 +10,21 @@ The defaults are the demo's rollout batch (`configs/grpo.py:tiny`: 8 prompts x 4
 padded to data.max_seq_len = 288, at most 28 new tokens); the paper's 5 samples per prompt with a
 longer response, scaled to a CPU, is `--prompts 8 --samples 5 --prompt_len 96 --new_tokens 128`.
 
-    .venv/bin/python benchmarks/rollout_cpu.py [--prompts 8 --samples 4 --prompt_len 288 --new_tokens 28]
+`--profile` also prints where our rollout's time goes, per part of the model and sampler
+(`timing.xla_profile`).
+
+    .venv/bin/python benchmarks/rollout_cpu.py [--prompts 8 --samples 4 --prompt_len 288 --new_tokens 28 --profile]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import tempfile
 
 import numpy as np
-from timing import interleaved, load_line
+from timing import interleaved, load_line, xla_profile
 
 
 def main():
@@ -31,6 +35,7 @@ def main():
   ap.add_argument("--new_tokens", type=int, default=28)
   ap.add_argument("--rounds", type=int, default=5)
   ap.add_argument("--threads", type=int, default=2)
+  ap.add_argument("--profile", action="store_true", help="print our rollout's time per model part")
   args = ap.parse_args()
 
   import torch
@@ -91,6 +96,19 @@ def main():
   print(f"rollout: ours {tokens / ours_s:8.0f} tok/s ({ours_s:.3f} s, min {times['ours']['min']:.3f})   "
         f"torch generate {tokens / torch_s:8.0f} tok/s ({torch_s:.3f} s, min {times['torch']['min']:.3f})   "
         f"ratio ours/torch {torch_s / ours_s:.2f}x")
+  if args.profile:
+    from roboalign_jax.models import sampling
+    # The sampler's jitted program with generate's static arguments bound (top-p and top-k off).
+    program = jax.jit(functools.partial(
+        sampling._rollout, model=model, max_new_tokens=n, num_samples=g, greedy=False, top_k=0, use_top_p=False,
+        pad_id=0, mesh=None, rules=None, prefill_rules=None))
+    inputs = (params, ids, mask, pixels, grid, np.float32(1.0), np.float32(1.0), key, np.full(8, -1, np.int32))
+    parts = xla_profile(program, inputs)
+    total = sum(ms for _, ms in parts)
+    print(f"ours by model part (op time summed over threads, {total:.1f} ms per rollout; "
+          f"'other' holds the sampler's noise, argmax and bookkeeping):")
+    for part, ms in parts:
+      print(f"  {part:32s} {ms:7.1f} ms  {100 * ms / total:5.1f}%")
 
 
 if __name__ == "__main__":
