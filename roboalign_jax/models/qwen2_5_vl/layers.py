@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _default_init = nn.initializers.normal(stddev=0.02)
 

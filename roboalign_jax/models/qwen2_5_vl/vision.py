@@ -58,7 +58,8 @@ class VisionAttention(nn.Module):
     q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]  # [F, L, heads, head_dim]
     q = rope.apply_rotary(q, cos, sin)
     k = rope.apply_rotary(k, cos, sin)
-    out = grouped_attention(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), None if mask is None else mask[:, None])
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # heads first, as grouped_attention takes them
+    out = grouped_attention(q, k, v, None if mask is None else mask[:, None])
     return Linear(c, ("heads", "embed"), name="proj", **kw)(out.reshape(f, n, c))
 
 
