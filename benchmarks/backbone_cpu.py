@@ -19,7 +19,7 @@ import os
 import tempfile
 
 import numpy as np
-from timing import interleaved, load_line, xla_profile
+from timing import interleaved, load_line, print_profile, xla_profile
 
 # family -> (our config class, transformers' config class, transformers' model class)
 CLASSES = {"qwen2_5_vl": ("Qwen2_5_VLConfig", "Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration"),
@@ -138,11 +138,7 @@ def main():
   _report(f"forward+backward  seq {t}", b * t, fb)
   _report(f"greedy decode {steps} new tokens after {pt} (same tokens: {same})", b * steps, gen)
   if args.profile:
-    parts = xla_profile(grad_fn, jargs)
-    total = sum(ms for _, ms in parts)
-    print(f"ours forward+backward by model part (op time summed over threads, {total:.1f} ms per call):")
-    for part, ms in parts:
-      print(f"  {part:32s} {ms:7.1f} ms  {100 * ms / total:5.1f}%")
+    print_profile(xla_profile(grad_fn, jargs), "forward+backward")
 
 
 if __name__ == "__main__":

@@ -84,6 +84,7 @@ from roboalign_jax.models.qwen2_5_vl import text as text_lib  # noqa: E402
 from roboalign_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig  # noqa: E402
 from roboalign_jax.models.qwen2_5_vl.kv_cache import KVCache  # noqa: E402
 from roboalign_jax.models.qwen2_5_vl.model import Qwen2_5_VL  # noqa: E402
+from roboalign_jax.models.qwen2_5_vl.vocab_extension import padded_vocab_size  # noqa: E402
 from roboalign_jax.models.qwen_vl_checkpoint import dummy_inputs  # noqa: E402
 from roboalign_jax.parallel import mesh as mesh_lib  # noqa: E402
 from roboalign_jax.parallel import sharding as sharding_lib  # noqa: E402
@@ -107,11 +108,10 @@ BATCH_SPLITTING = ("mesh.", "evals.", "grpo.micro_batch_size", "model.per_image_
 S = jax.ShapeDtypeStruct
 
 
-def extended_vocab_size(vocab_size: int, tokenizer_len: int = QWEN2_5_VL_TOKENIZER_LEN, multiple: int = 128) -> int:
-  """`extend_vocabulary`'s (and `random_init`'s) rule: max(vocab, tokenizer + action tokens),
-  rounded up to a multiple of 128."""
-  size = max(vocab_size, tokenizer_len + len(action_token_strings()))
-  return -(-size // multiple) * multiple
+def extended_vocab_size(vocab_size: int, tokenizer_len: int = QWEN2_5_VL_TOKENIZER_LEN) -> int:
+  """The vocabulary `extend_vocabulary` / `random_init` give a model whose tokenizer has
+  `tokenizer_len` tokens before the action tokens are added."""
+  return padded_vocab_size(vocab_size, tokenizer_len + len(action_token_strings()))
 
 
 def load_config(stage: str, variant: str, overrides: dict | None = None) -> ml_collections.ConfigDict:

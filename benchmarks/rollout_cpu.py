@@ -24,7 +24,7 @@ import os
 import tempfile
 
 import numpy as np
-from timing import interleaved, load_line, xla_profile
+from timing import interleaved, load_line, print_profile, xla_profile
 
 
 def main():
@@ -102,13 +102,9 @@ def main():
     program = jax.jit(functools.partial(
         sampling._rollout, model=model, max_new_tokens=n, num_samples=g, greedy=False, top_k=0, use_top_p=False,
         pad_id=0, mesh=None, rules=None, prefill_rules=None))
-    inputs = (params, ids, mask, pixels, grid, np.float32(1.0), np.float32(1.0), key, np.full(8, -1, np.int32))
-    parts = xla_profile(program, inputs)
-    total = sum(ms for _, ms in parts)
-    print(f"ours by model part (op time summed over threads, {total:.1f} ms per rollout; "
-          f"'other' holds the sampler's noise, argmax and bookkeeping):")
-    for part, ms in parts:
-      print(f"  {part:32s} {ms:7.1f} ms  {100 * ms / total:5.1f}%")
+    inputs = (params, ids, mask, pixels, grid, np.float32(1.0), np.float32(1.0), key, sampling._eos_ids(None))
+    # 'other' holds the sampler's noise, argmax and the decode loop's bookkeeping.
+    print_profile(xla_profile(program, inputs), "rollout")
 
 
 if __name__ == "__main__":

@@ -74,6 +74,14 @@ def xla_profile(jitted, args: tuple, calls: int = 5) -> list[tuple[str, float]]:
   return parts.most_common()
 
 
+def print_profile(parts: list[tuple[str, float]], what: str) -> None:
+  """Prints `xla_profile`'s parts with their share of the total; `what` names one call."""
+  total = sum(ms for _, ms in parts)
+  print(f"ours by model part (op time summed over threads, {total:.1f} ms per {what}):")
+  for part, ms in parts:
+    print(f"  {part:32s} {ms:7.1f} ms  {100 * ms / total:5.1f}%")
+
+
 def _model_part(op_name: str) -> str:
   """'text attention scores', 'vision MLP', ... from an op's source path (the model names its
   attention core `scores` and its rotary `rotary` with jax.named_scope)."""

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import jax.numpy as jnp
 
 from roboalign_jax.models.backbone import Backbone, BackboneFamily
-from roboalign_jax.models.qwen2_5_vl.vocab_extension import add_action_tokens, extend_vocabulary
+from roboalign_jax.models.qwen2_5_vl.vocab_extension import add_action_tokens, extend_vocabulary, padded_vocab_size
 
 # Files of a checkpoint directory that are not weights, config or tokenizer: the processor needs them.
 PROCESSOR_FILES = ("preprocessor_config.json", "chat_template.jinja", "chat_template.json")
@@ -65,7 +65,7 @@ def make_family(name: str, *, display_name: str, model_cls: type, config_cls: An
     tokens (rounded up to a multiple of 128); params None (the trainer initialises them sharded)."""
     processor, action_vocab = load_processor(processor_dir)
     config = config_cls.from_variant(variant, dtype=compute_dtype or dtype, remat=remat)
-    vocab = -(-max(config.text.vocab_size, len(processor.tokenizer)) // 128) * 128
+    vocab = padded_vocab_size(config.text.vocab_size, len(processor.tokenizer))
     config = config.replace(text=dataclasses.replace(config.text, vocab_size=vocab))
     return Backbone(family=family, model=model_cls(config, param_dtype=dtype), params=None, processor=processor,
                     action_vocab=action_vocab, source_dir=os.path.abspath(processor_dir))

@@ -60,11 +60,16 @@ def resize_vocabulary(params: dict, config: Qwen2_5_VLConfig, new_vocab_size: in
   return params, config.replace(text=text)
 
 
+def padded_vocab_size(vocab_size: int, tokenizer_len: int, multiple: int = 128) -> int:
+  """The vocabulary that holds both the model's rows and the tokenizer's ids: max(vocab_size,
+  tokenizer_len) rounded up to `multiple` (keeps it divisible by tensor-parallel sizes)."""
+  return -(-max(vocab_size, tokenizer_len) // multiple) * multiple
+
+
 def extend_vocabulary(tokenizer, params: dict, config: Qwen2_5_VLConfig, pad_to_multiple_of: int = 128):
   """Adds the action tokens to `tokenizer` (in place) and resizes the model to hold them.
 
-  The vocabulary becomes max(old vocab_size, len(tokenizer)) rounded up to `pad_to_multiple_of`
-  (keeps it divisible by tensor-parallel sizes). Returns (tokenizer, params, config, ActionVocab).
+  The vocabulary becomes `padded_vocab_size(old vocab_size, len(tokenizer), pad_to_multiple_of)`. Returns (tokenizer, params, config, ActionVocab).
   """
   before = len(tokenizer)
   if before > config.text.vocab_size:
@@ -73,7 +78,6 @@ def extend_vocabulary(tokenizer, params: dict, config: Qwen2_5_VLConfig, pad_to_
   after = len(tokenizer)
   if after == before:
     return tokenizer, params, config, vocab  # already extended
-  size = max(config.text.vocab_size, after)
-  size = -(-size // pad_to_multiple_of) * pad_to_multiple_of
+  size = padded_vocab_size(config.text.vocab_size, after, pad_to_multiple_of)
   params, config = resize_vocabulary(params, config, size, range(before, after), mean_over=before)
   return tokenizer, params, config, vocab
