@@ -26,14 +26,14 @@ frames, augmenting / resizing, normalising + chunking, FAST encoding, collating.
 
 from __future__ import annotations
 
+import functools
 import os
-import statistics
 import tempfile
 import time
 
 import numpy as np
 from absl import app, flags
-from timing import load_line
+from timing import interleaved, load_line
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workers", ["0", "2"], "Worker-process counts to measure.")
@@ -149,17 +149,15 @@ def main(argv):
     it.close()
     return elapsed / blocks[workers]
 
-  # Not timing.interleaved: that times each whole call, and here start-up must be left out.
-  per_batch = {w: [] for w in counts}
-  for _ in range(FLAGS.rounds):
-    for workers in counts:
-      per_batch[workers].append(timed_block(workers))
+  # Each block times itself, its iterator's start-up left out; each is already fresh, so no warm-up.
+  per_batch = interleaved({w: functools.partial(timed_block, w) for w in counts}, FLAGS.rounds,
+                          self_timed=True, warmup=False)
   print(f"{FLAGS.rounds} interleaved rounds, batches of {FLAGS.batch_size}, {load_line()}")
-  first = statistics.median(per_batch[counts[0]])
+  first = per_batch[counts[0]]["median"]
   for workers, times in per_batch.items():
-    median = statistics.median(times)
+    median = times["median"]
     print(f"workers={workers}: {FLAGS.batch_size / median:5.0f} samples/s at the median; per batch median "
-          f"{median * 1e3:.0f} ms, min {min(times) * 1e3:.0f} ms (blocks of {blocks[workers]}); "
+          f"{median * 1e3:.0f} ms, min {times['min'] * 1e3:.0f} ms (blocks of {blocks[workers]}); "
           f"samples/s vs workers={counts[0]} {first / median:.2f}x")
   print("\nper-sample cost by stage (this process, ms):")
   config = data.data_config(**base)

@@ -27,16 +27,22 @@ def load_line() -> str:
   return f"load average {load:.2f} on {cores} cores{warning}"
 
 
-def interleaved(sides: dict, rounds: int) -> dict[str, dict[str, float]]:
-  """{name: fn} -> {name: {"median": s, "min": s}} over `rounds` alternating calls of each side."""
-  for fn in sides.values():
-    fn()
+def interleaved(sides: dict, rounds: int, *, self_timed: bool = False, warmup: bool = True
+                ) -> dict[str, dict[str, float]]:
+  """{name: fn} -> {name: {"median": s, "min": s}} over `rounds` alternating calls of each side.
+
+  `self_timed`: each fn returns the seconds it measured itself (its set-up left out) instead of
+  being timed whole. `warmup=False` skips the untimed first call of each side.
+  """
+  if warmup:
+    for fn in sides.values():
+      fn()
   times = {name: [] for name in sides}
   for _ in range(rounds):
     for name, fn in sides.items():
       start = time.perf_counter()
-      fn()
-      times[name].append(time.perf_counter() - start)
+      measured = fn()
+      times[name].append(measured if self_timed else time.perf_counter() - start)
   return {name: {"median": statistics.median(t), "min": min(t)} for name, t in times.items()}
 
 
